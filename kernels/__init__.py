@@ -1,0 +1,1 @@
+"""Triton kernels, shipped as ``nernfast.kernels`` (the folder is mapped in setup.py)."""

@@ -1,0 +1,15 @@
+"""nernfast: fast neural representations of CNN weights (NeRN), with decoupled, progressive and
+teacher-guided training."""
+from __future__ import annotations
+
+from .encoding import BasicEncoding, FFNEncoding, build_encoding
+from .models import build_model
+from .nern import NeRN
+from .plan import LayerSpec, WeightPlan, build_plan
+from .predictor import Predictor
+from .selection import PlanError, select_layers
+
+__version__ = "0.1.0"
+
+__all__ = ["BasicEncoding", "FFNEncoding", "LayerSpec", "NeRN", "PlanError", "Predictor", "WeightPlan",
+           "build_encoding", "build_model", "build_plan", "select_layers"]
