@@ -1,23 +1,182 @@
 """Coordinates -> positional encoding -> predictor MLP -> KxK rows.
 
 ``predict_rows_reference`` is the plain composition of the modules (the ground truth for every fast
-path). ``predict_rows`` is the dispatching entry point used everywhere else.
+path). ``predict_rows`` is the dispatching entry point used everywhere else:
+
+* ``NERNFAST_REFERENCE=1`` -> the reference.
+* CUDA tensors -> the Triton kernels of ``nernfast.kernels.fused_mlp`` (fused single-pass MLP for
+  H <= 512, per-layer GEMMs above; first layer from tables for the basic encoding).
+* everything else (CPU, an unsupported module) -> the PyTorch path: for the basic encoding the
+  first layer may come from per-coordinate tables (``nernfast.ops.tables``) through one
+  ``embedding_bag``, which removes the 6L-wide matmul and all sin/cos work per row; where this does
+  not pay (see ``TABLE_ON_CPU``), the plain composition.
+
+Compute dtype: the autocast dtype when autocast is on for the device, else the predictor's weight
+dtype; the encoding itself is always computed in fp32 and cast to the compute dtype. Outputs come
+in the compute dtype, as from the reference.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..predictor import Predictor
+from . import force_reference
+from .tables import coordinate_index, first_layer_table, uses_basic_blocks
+
+# Whether the CPU path uses the first-layer tables, per compute dtype (measured on the 2-core CI
+# machine, ResNet-56 / H320, whole-network forward, see benchmarks/RESULTS.md "table shortcut").
+TABLE_ON_CPU = {torch.float32: True, torch.bfloat16: True, torch.float16: True}
+# On CUDA the tables replace the first GEMM and all sin/cos of the fused kernel (GPU-unverified).
+TABLE_ON_CUDA = True
+
+FIRST_LAYER_MODES = ("auto", "table", "direct")
+BACKENDS = ("auto", "torch", "triton")
+
+
+def compute_dtype(predictor: nn.Module, device_type: str) -> torch.dtype:
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return predictor.final_linear_layer.weight.dtype
 
 
 def predict_rows_reference(predictor: Predictor, encoding: nn.Module, coords: torch.Tensor,
                            chunk: int | None = None) -> torch.Tensor:
+    """``predictor(encoding(coords))``; the encoding is cast to the predictor's dtype (outside autocast)."""
+    def run(c: torch.Tensor) -> torch.Tensor:
+        x = encoding(c)
+        w = next(predictor.parameters(), x)
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(w.dtype)
+        return predictor(x)
     if chunk is None or coords.shape[0] <= chunk:
-        return predictor(encoding(coords))
-    return torch.cat([predictor(encoding(c)) for c in coords.split(chunk)])
+        return run(coords)
+    return torch.cat([run(c) for c in coords.split(chunk)])
 
 
-def predict_rows(predictor: Predictor, encoding: nn.Module, coords: torch.Tensor,
-                 chunk: int | None = None) -> torch.Tensor:
-    return predict_rows_reference(predictor, encoding, coords, chunk)
+def _encoding_kind(encoding: nn.Module) -> str | None:
+    from ..encoding import BasicEncoding, FFNEncoding
+    if isinstance(encoding, BasicEncoding):
+        return "basic"
+    if isinstance(encoding, FFNEncoding):
+        return "ffn"
+    return None
+
+
+def _supported(predictor: nn.Module, encoding: nn.Module) -> bool:
+    return isinstance(predictor, Predictor) and _encoding_kind(encoding) is not None and \
+        all(lin.bias is not None for lin in predictor.linears())
+
+
+def _use_table(first_layer: str, encoding: nn.Module, device_type: str, dtype: torch.dtype) -> bool:
+    if first_layer not in FIRST_LAYER_MODES:
+        raise ValueError(f"unknown first_layer {first_layer!r}; choose one of {FIRST_LAYER_MODES}")
+    basic = uses_basic_blocks(encoding)
+    if first_layer == "table" and not basic:
+        raise ValueError(f"the table shortcut needs the basic encoding, got {type(encoding).__name__}")
+    if first_layer != "auto":
+        return first_layer == "table"
+    if not basic:
+        return False
+    return TABLE_ON_CUDA if device_type == "cuda" else TABLE_ON_CPU.get(dtype, False)
+
+
+def _predict_torch(predictor: Predictor, encoding: nn.Module, coords: torch.Tensor, chunk: int | None,
+                   use_table: bool) -> torch.Tensor:
+    if not use_table:
+        return predict_rows_reference(predictor, encoding, coords, chunk)
+    dev = coords.device.type
+    dtype = compute_dtype(predictor, dev)
+    autocast = torch.is_autocast_enabled(dev)
+    index = coordinate_index(coords)
+    first = predictor.layers[0]
+    with torch.autocast(dev, enabled=False):
+        tab = first_layer_table(encoding, first.weight, first.bias, index, dtype)
+
+    def run(idx: torch.Tensor) -> torch.Tensor:
+        h = F.embedding_bag(idx, tab, mode="sum")  # fp32: T[i0] + T[i1] + T[i2]
+        return predictor.hidden_from_first(h if autocast else h.to(dtype))
+    if chunk is None or coords.shape[0] <= chunk:
+        return run(index.idx)
+    return torch.cat([run(i) for i in index.idx.split(chunk)])
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 kernels use tf32 tensor cores exactly when PyTorch's own fp32 matmuls may.
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"
+
+
+def _predict_triton(predictor: Predictor, encoding: nn.Module, coords: torch.Tensor, use_table: bool,
+                    out: torch.Tensor | None, path: str) -> torch.Tensor:
+    from ..kernels import fused_mlp as fm  # lazy: importing nernfast never needs triton
+    dev = coords.device.type
+    dtype = compute_dtype(predictor, dev)
+    lins = predictor.linears()
+    with torch.autocast(dev, enabled=False):
+        cast = lambda t: t.to(dtype)  # noqa: E731  (differentiable; a no-op without autocast)
+        if use_table:
+            index = coordinate_index(coords)
+            x, b0, mode, levels = index.idx32, None, fm.ENC_TABLE, 1
+            first = first_layer_table(encoding, lins[0].weight, lins[0].bias, index, dtype)
+            freq = first  # unused
+        else:
+            kind = _encoding_kind(encoding)
+            x, first, b0 = coords.float(), cast(lins[0].weight), cast(lins[0].bias)
+            if kind == "basic":
+                mode, levels, freq = fm.ENC_BASIC, encoding.levels, encoding.freqs.float()
+            else:
+                mode, levels, freq = fm.ENC_FFN, encoding.num_features, encoding.B.float()
+        mid = lins[1:-1]
+        if mid:
+            wm = torch.stack([cast(l.weight) for l in mid])
+            bm = torch.stack([cast(l.bias) for l in mid])
+        else:
+            wm = bm = torch.empty(0, device=coords.device, dtype=dtype)
+        wm = wm.view(len(mid), predictor.hidden, predictor.hidden)
+        bm = bm.view(len(mid), predictor.hidden)
+        return fm.fused_mlp(x, first, b0, wm, bm, cast(lins[-1].weight), cast(lins[-1].bias), freq, mode=mode,
+                            levels=levels, dot_precision=_dot_precision(dtype), path=path, out=out)
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_backend(device_type: str, backend: str = "auto") -> str:
+    if backend != "auto":
+        return backend
+    return "triton" if device_type == "cuda" and triton_available() else "torch"
+
+
+def predict_rows(predictor: Predictor, encoding: nn.Module, coords: torch.Tensor, chunk: int | None = None, *,
+                 out: torch.Tensor | None = None, first_layer: str = "auto", backend: str = "auto",
+                 path: str = "auto") -> torch.Tensor:
+    """Rows (n, K*K) predicted for coordinates (n, 3), differentiable in the predictor's parameters.
+
+    chunk: rows per step of the PyTorch paths (bounds memory; the fused kernel needs none).
+    out: optional (n, K*K) destination, e.g. ``flat.view(N, K*K)`` of a uniform plan's flat buffer
+        (no-grad calls); the result is written there and returned.
+    first_layer: "auto" (tables for the basic encoding where they pay), "table" or "direct".
+    backend: "auto" (CUDA -> "triton", else "torch"), or force one ("triton" on CPU tensors needs
+        TRITON_INTERPRET=1, for tests).
+    path: Triton only: "auto" (fused for hidden <= 512, else layered), "fused" or "layered".
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if force_reference() or not _supported(predictor, encoding):
+        rows = predict_rows_reference(predictor, encoding, coords, chunk)
+        return rows if out is None else out.copy_(rows)
+    dev = coords.device.type
+    backend = choose_backend(dev, backend)
+    use_table = _use_table(first_layer, encoding, dev, compute_dtype(predictor, dev))
+    if backend == "triton":
+        return _predict_triton(predictor, encoding, coords, use_table, out, path)
+    rows = _predict_torch(predictor, encoding, coords, chunk, use_table)
+    return rows if out is None else out.copy_(rows)

@@ -1,0 +1,203 @@
+"""The fused Triton predictor kernels (nernfast.kernels.fused_mlp) against the PyTorch reference.
+
+On a machine without a GPU the kernels run under ``TRITON_INTERPRET=1`` (set by tests/conftest.py
+before any kernel is defined) on tiny shapes; with a GPU the same tests run compiled on CUDA.
+
+Fresh random inputs every run: the seed is drawn per run, printed, and replayed with
+``NERNFAST_TEST_SEED=<seed>``.
+
+Tolerances are bounded by the reference's own error: with ``truth`` the float64 result for the same
+(low-precision) parameters, inputs and upstream gradient, each check requires
+    err(kernel) <= 2 * err(reference in the same dtype) + floor(dtype) * scale,
+errors as max |x - truth| and scale = max |truth| (per output, per parameter gradient). The kernels
+accumulate in fp32 like the reference's matmuls but sum in another order (and the table path sums
+three tables instead of one 240-term product), hence the factor 2; the floor covers a reference
+that is exact by luck on a tiny shape: fp32 1e-5 (~2^-17, far below any useful regression), fp16
+2^-10 and bf16 2^-7 (one unit in the last place of the dtype). The interpreter cannot do bf16
+arithmetic, so there bf16 inputs take the fp32 compute path (result rounded to bf16); it is then
+*more* accurate than the bf16 reference, and only a GPU run proves the native bf16 path.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import random
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from nernfast.encoding import BasicEncoding, FFNEncoding
+from nernfast.ops.predict import predict_rows, predict_rows_reference
+from nernfast.predictor import Predictor
+
+fm = pytest.importorskip("nernfast.kernels.fused_mlp")
+
+INTERPRETED = fm.INTERPRET
+DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
+if DEVICE == "cpu" and not INTERPRETED:  # pragma: no cover - a setup error, not a kernel bug
+    raise RuntimeError("no GPU and the kernels are not interpreted: TRITON_INTERPRET=1 must be set before "
+                       "nernfast.kernels is imported (tests/conftest.py does this)")
+
+SEED = int(os.environ.get("NERNFAST_TEST_SEED", random.SystemRandom().randrange(2**31)))
+FLOOR = {torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    print(f"NERNFAST_TEST_SEED={SEED} ({request.node.name})")
+    torch.manual_seed(SEED)
+
+
+@dataclass(frozen=True)
+class Case:
+    enc: str        # basic | ffn
+    first: str      # direct | table
+    path: str       # fused | layered
+    dtype: torch.dtype
+    blocks: int
+    hidden: int
+    k: int
+    n: int
+
+    def __str__(self) -> str:
+        return (f"{self.enc}-{self.first}-{self.path}-{str(self.dtype)[6:]}-nb{self.blocks}-H{self.hidden}"
+                f"-K{self.k}-n{self.n}")
+
+
+CASES = [
+    Case("basic", "direct", "fused", torch.float32, 3, 48, 3, 37),
+    Case("basic", "table", "fused", torch.float32, 4, 64, 3, 37),
+    Case("basic", "table", "layered", torch.float32, 5, 48, 5, 67),   # 67 rows: split-K weight gradients
+    Case("basic", "direct", "layered", torch.float16, 3, 64, 3, 37),
+    Case("basic", "table", "fused", torch.float16, 5, 32, 7, 19),
+    Case("ffn", "direct", "fused", torch.float32, 4, 32, 1, 37),
+    Case("ffn", "direct", "layered", torch.float16, 3, 48, 3, 37),
+    Case("ffn", "direct", "fused", torch.float16, 8, 32, 3, 21),
+    Case("basic", "table", "fused", torch.bfloat16, 3, 48, 3, 37),
+    Case("basic", "direct", "layered", torch.bfloat16, 4, 32, 5, 37),
+    Case("basic", "direct", "fused", torch.float32, 8, 32, 3, 1),
+]
+
+
+def make(case: Case):
+    enc = BasicEncoding() if case.enc == "basic" else FFNEncoding(24, seed=SEED % 1000)
+    pred = Predictor(enc.out_features, case.hidden, case.k, case.blocks)
+    with torch.no_grad():  # biases away from zero so the bias paths matter
+        for lin in pred.linears():
+            lin.bias.uniform_(-0.5, 0.5)
+    # Coordinates as a plan makes them: integer / count, few distinct values per coordinate.
+    n = case.n
+    coords = torch.stack([torch.randint(0, 5, (n,)) / 5, torch.randint(0, 16, (n,)) / 16,
+                          torch.randint(0, 12, (n,)) / 12], 1).float()
+    return enc.to(DEVICE), pred.to(DEVICE, case.dtype), coords.to(DEVICE)
+
+
+def max_err(a: torch.Tensor, truth: torch.Tensor) -> float:
+    return (a.double() - truth).abs().max().item()
+
+
+def check(name: str, ours: torch.Tensor, ref: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype) -> None:
+    assert ours.shape == truth.shape and ours.dtype == ref.dtype, (name, ours.shape, ours.dtype, ref.dtype)
+    assert torch.isfinite(ours).all(), f"{name}: non-finite values (seed {SEED})"
+    scale = truth.abs().max().item()
+    e_ours, e_ref = max_err(ours, truth), max_err(ref, truth)
+    tol = 2 * e_ref + FLOOR[dtype] * scale
+    if e_ours > tol:
+        d = (ours.double() - truth).abs()
+        i = tuple(int(j) for j in (d == d.max()).nonzero()[0])
+        raise AssertionError(f"{name}: error {e_ours:.3g} > tol {tol:.3g} (reference error {e_ref:.3g}, scale "
+                             f"{scale:.3g}); worst at {i}: ours {ours[i].item():.6g}, reference {ref[i].item():.6g}, "
+                             f"float64 {truth[i].item():.6g} (replay with NERNFAST_TEST_SEED={SEED})")
+
+
+def run_all(pred, enc, coords, g, fn):
+    out = fn(pred, enc, coords)
+    grads = torch.autograd.grad(out, list(pred.parameters()), g.to(out.dtype))
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_forward_backward_matches_reference(case: Case):
+    enc, pred, coords = make(case)
+    g = torch.randn(case.n, case.k ** 2, device=DEVICE).to(case.dtype)
+    names = [n for n, _ in pred.named_parameters()]
+
+    p64 = copy.deepcopy(pred).double()
+    x64 = enc(coords).double()  # the encoding is defined in fp32
+    truth = p64(x64)
+    truth_g = torch.autograd.grad(truth, list(p64.parameters()), g.double())
+
+    ref, ref_g = run_all(pred, enc, coords, g, predict_rows_reference)
+    ours, ours_g = run_all(pred, enc, coords, g, lambda p, e, c: predict_rows(
+        p, e, c, backend="triton", first_layer=case.first, path=case.path))
+
+    check(f"{case} forward", ours, ref, truth.detach(), case.dtype)
+    for name, a, b, t in zip(names, ours_g, ref_g, truth_g):
+        assert a.dtype == case.dtype, (name, a.dtype)
+        check(f"{case} grad {name}", a, b, t, case.dtype)
+
+
+def _layer_outputs(pred: Predictor, x: torch.Tensor) -> list[torch.Tensor]:
+    outs = []
+    for lin in pred.layers:
+        x = torch.relu(lin(x))
+        outs.append(x)
+    return outs
+
+
+@pytest.mark.parametrize("path,first", [("fused", "direct"), ("layered", "table")])
+def test_every_output_and_saved_activation_is_written(path: str, first: str):
+    """Poisoned buffers: out and the saved activations start as NaN; every element must be overwritten."""
+    case = Case("basic", first, path, torch.float32, 5, 48, 3, 37)
+    enc, pred, coords = make(case)
+    lins = pred.linears()
+    if first == "table":
+        from nernfast.ops.tables import coordinate_index, first_layer_table
+        index = coordinate_index(coords)
+        x, w0, b0, mode = index.idx32, first_layer_table(enc, lins[0].weight, lins[0].bias, index), None, fm.ENC_TABLE
+    else:
+        x, w0, b0, mode = coords, lins[0].weight, lins[0].bias, fm.ENC_BASIC
+    wm = torch.stack([l.weight for l in lins[1:-1]]).detach()
+    bm = torch.stack([l.bias for l in lins[1:-1]]).detach()
+    spec = fm.MLPSpec(mode, enc.levels, 0 if first == "table" else enc.out_features, case.hidden, 9, 3,
+                      torch.float32, "ieee", path)
+    out = torch.full((case.n, 9), float("nan"), device=DEVICE)
+    acts = torch.full((4, case.n, case.hidden), float("nan"), device=DEVICE)
+    launch = fm.fused_forward if path == "fused" else fm.layered_forward
+    with torch.no_grad():
+        launch(x, w0.detach(), b0 if b0 is None else b0.detach(), wm, bm, lins[-1].weight.detach(),
+               lins[-1].bias.detach(), enc.freqs, spec, out, acts)
+        want = _layer_outputs(pred, enc(coords))
+        want_out = predict_rows_reference(pred, enc, coords)
+    assert torch.isfinite(out).all() and torch.isfinite(acts).all(), f"unwritten elements (seed {SEED})"
+    torch.testing.assert_close(out, want_out, atol=1e-5, rtol=1e-4)
+    for l in range(4):
+        torch.testing.assert_close(acts[l], want[l], atol=1e-5, rtol=1e-4, msg=lambda m: f"activation {l}: {m}")
+
+
+def test_out_buffer_and_empty_input():
+    case = Case("ffn", "direct", "fused", torch.float32, 3, 32, 3, 37)
+    enc, pred, coords = make(case)
+    flat = torch.full((case.n * 9 + 5,), float("nan"), device=DEVICE)  # e.g. a slice of a larger buffer
+    with torch.no_grad():
+        got = predict_rows(pred, enc, coords, backend="triton", out=flat[:case.n * 9].view(case.n, 9))
+        want = predict_rows_reference(pred, enc, coords)
+    assert got.data_ptr() == flat.data_ptr()
+    torch.testing.assert_close(flat[:case.n * 9].view(case.n, 9), want, atol=1e-5, rtol=1e-4)
+    assert torch.isnan(flat[case.n * 9:]).all(), "wrote past the end of out"
+    empty = predict_rows(pred, enc, coords[:0], backend="triton")
+    assert empty.shape == (0, 9)
+    with pytest.raises(ValueError, match="no-grad"):
+        predict_rows(pred, enc, coords, backend="triton", out=torch.empty(case.n, 9, device=DEVICE))
+
+
+def test_path_switch_and_limits():
+    assert fm.choose_path(fm.FUSED_MAX_HIDDEN) == "fused"
+    assert fm.choose_path(fm.FUSED_MAX_HIDDEN + 1) == "layered"
+    with pytest.raises(ValueError, match="hidden <="):
+        fm.choose_path(fm.FUSED_MAX_HIDDEN + 1, "fused")
+    enc = BasicEncoding().to(DEVICE)
+    pred = Predictor(enc.out_features, 16, 9, 3).to(DEVICE)  # K*K = 81 > 64
+    with pytest.raises(ValueError, match="K\\*K"):
+        predict_rows(pred, enc, torch.zeros(3, 3, device=DEVICE), backend="triton")
