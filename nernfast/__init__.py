@@ -2,6 +2,7 @@
 teacher-guided training."""
 from __future__ import annotations
 
+from .artefact import export_state_dict, load, load_nern, save_artefact
 from .encoding import BasicEncoding, FFNEncoding, build_encoding
 from .models import build_model
 from .nern import NeRN
@@ -12,4 +13,5 @@ from .selection import PlanError, select_layers
 __version__ = "0.1.0"
 
 __all__ = ["BasicEncoding", "FFNEncoding", "LayerSpec", "NeRN", "PlanError", "Predictor", "WeightPlan",
-           "build_encoding", "build_model", "build_plan", "select_layers"]
+           "build_encoding", "build_model", "build_plan", "export_state_dict", "load", "load_nern",
+           "save_artefact", "select_layers"]

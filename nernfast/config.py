@@ -1,0 +1,218 @@
+"""Run configuration: dataclasses with defaults, one YAML file per recipe, ``--set key=value`` overrides.
+
+Unknown keys and values of the wrong type are rejected with the list of valid keys. The resolved
+config is saved with every run (``OUT/config.yaml``) and inside the artefact.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES = ("recon_only", "progressive", "baseline", "decoupled", "teacher_decoupled", "noise_decoupled")
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used; the message lists what is valid."""
+
+
+@dataclass
+class NeRNConfig:
+    hidden: int = 140
+    num_blocks: int = 5
+    permutation: str = "infilter"
+    normalization: str = "local"
+    encoding: str = "basic"
+    levels: int = 40
+    base: float = 0.76
+    ffn_features: int = 120
+    ffn_sigma: float = 1.0
+    init: str = "default"
+
+
+@dataclass
+class PhaseConfig:
+    """One phase = objective + optimiser + schedule + data source + stopping rule."""
+    name: str = "phase"
+    steps: int = 1000
+    optimizer: str = "ranger"
+    lr: float = 5e-3
+    weight_decay: float = 1e-3
+    schedule: str = "cosine"             # cosine | constant
+    recon_loss: str = "l2"               # l2 (NeRN's L2Loss) | mse
+    recon_weight: float = 1.0
+    fmd_weight: float = 0.0              # alpha: feature-map distillation
+    kd_weight: float = 0.0               # beta: logit distillation
+    kd_loss: str = "stable_kl"           # kl | stable_kl
+    temperature: float = 1.0
+    warmup_steps: int = 0                # reconstruction-only steps before the distillation terms
+    data: str = "none"                   # none (weights only) | dataset | noise
+    distill_from: str = "original"       # original | teacher
+    batch_size: int = 128
+    augment: bool = True
+    noise_low: float = -2.0
+    noise_high: float = 2.0
+    weights_batch_method: str = "random_weighted_batch"
+    weights_batch_size: int = 4096
+    eval_every: int = 250
+    select: str = "val_acc"              # val_acc | last | noise_kd
+    patience: int = 0                    # evaluations without improvement before stopping (0: never)
+    checkpoint_every: int = 250
+
+
+@dataclass
+class ProgressiveConfig:
+    rounds: int = 3
+    seeds: int = 2
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 256
+    fgsm_eps: float | None = None        # None: the dataset's default (nernfast.eval.metrics.attack_defaults)
+    ifgsm_eps: float | None = None
+    ifgsm_steps: int | None = None
+    ood: bool = True                     # CIFAR-C/ImageNet-R when on disk, else the built-in corruption suite
+    attacks: bool = True                 # FGSM and I-FGSM
+
+
+@dataclass
+class RunConfig:
+    recipe: str = "teacher_decoupled"
+    model: str = "resnet20"
+    dataset: str = "digits"
+    data_root: str | None = None
+    original: str | None = None          # checkpoint or nernfast artefact; None: pretrain (cached)
+    teacher: str | None = None           # NAME[:CKPT]; None: the dataset's default teacher (pretrained, cached)
+    pretrain_epochs: int | None = None   # for originals/teachers trained here; None: pretrain's default
+    init_from: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    out: str | None = None
+    precision: str = "float32"           # float32 | bf16 (autocast in data-driven phases)
+    channels_last: bool = False
+    nern: NeRNConfig = field(default_factory=NeRNConfig)
+    phase1: PhaseConfig = field(default_factory=lambda: PhaseConfig(name="reconstruction"))
+    phase2: PhaseConfig = field(default_factory=lambda: PhaseConfig(name="distillation"))
+    progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _valid_keys(cls: type, prefix: str = "") -> list[str]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            out += _valid_keys(t, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if type(None) in args and (value is None or isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if isinstance(value, str) and typ is not str:
+        try:
+            value = float(value) if typ is float else yaml.safe_load(value)
+        except (ValueError, yaml.YAMLError):
+            pass
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is bool and isinstance(value, bool) or typ is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if typ in (str, float) and isinstance(value, typ):
+        return value
+    if typ is str and isinstance(value, (int, float)):
+        return str(value)
+    raise ConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {value!r} ({type(value).__name__})")
+
+
+def apply(cfg: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    """Apply a nested dict of updates to a dataclass in place, type-checked."""
+    hints = typing.get_type_hints(type(cfg))
+    names = {f.name for f in fields(cfg)}
+    for k, v in updates.items():
+        if k not in names:
+            raise ConfigError(f"unknown config key {prefix + k!r}; valid keys: "
+                              + ", ".join(_valid_keys(type(cfg), prefix)))
+        t = hints[k]
+        if dataclasses.is_dataclass(t):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{prefix + k}: expected a mapping of {', '.join(_valid_keys(t))}")
+            apply(getattr(cfg, k), v, f"{prefix}{k}.")
+        else:
+            setattr(cfg, k, _coerce(v, t, prefix + k))
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["phase2.lr=1e-3", ...]`` -> nested dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def recipe_yaml(recipe: str) -> Path:
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    return Path(str(resources.files("nernfast") / "configs" / f"{recipe}.yaml"))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        shipped = Path(str(resources.files("nernfast") / "configs")) / f"{p.name}"
+        if shipped.exists():
+            p = shipped
+        else:
+            raise ConfigError(f"config file {path} not found (shipped configs: "
+                              + ", ".join(sorted(x.name for x in shipped.parent.glob('*.yaml'))) + ")")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return data
+
+
+def resolve(recipe: str | None = None, config: str | Path | None = None, sets: list[str] | None = None,
+            **cli: Any) -> RunConfig:
+    """Defaults <- recipe YAML <- --config YAML <- explicit CLI flags <- --set overrides."""
+    cfg = RunConfig()
+    file_data = load_yaml(config) if config else {}
+    recipe = recipe or file_data.get("recipe") or cfg.recipe
+    apply(cfg, load_yaml(recipe_yaml(recipe)))
+    apply(cfg, file_data)
+    cfg.recipe = recipe
+    apply(cfg, {k: v for k, v in cli.items() if v is not None})
+    apply(cfg, parse_set(sets or []))
+    if cfg.recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {cfg.recipe!r}; choose one of {', '.join(RECIPES)}")
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    cfg = RunConfig()
+    apply(cfg, data)
+    return cfg

@@ -1,0 +1,1 @@
+"""Training: objectives, phases and the recipes composed from them."""

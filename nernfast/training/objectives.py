@@ -1,0 +1,115 @@
+"""Per-step objectives.
+
+Reconstruction-only steps take a shortcut: they predict only the rows that carry gradient and
+never rebuild the network (a reconstruction step needs neither data nor the other rows).
+- ``mse`` (mean over layers of per-layer MSE) is a sum of per-row terms, so the shortcut's gradient
+  is exactly that of the full computation.
+- ``l2`` (NeRN's sqrt(S / M), S the total squared error over all M weights) couples the rows through
+  S: dL/de_r = e_r / sqrt(S * M). The shortcut uses S as measured at the last evaluation point (the
+  full network is rebuilt there anyway), so the gradient direction is exact and its scale is off by
+  sqrt(S_now / S_refresh). ``ReconTarget.refresh`` returns that factor for the interval just ended;
+  the trainer logs it (``l2_scale_drift``) so the bound is measured, not assumed. Ranger/Adam
+  normalise the step per parameter, so a slowly drifting scale barely changes the update.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from ..losses import feature_map_loss, kd_loss, reconstruction_loss
+from ..models import collect_features
+from ..nern import NeRN
+from ..ops.scatter import flat_to_rows_reference, flat_views
+from ..plan import WeightPlan
+
+
+class ReconTarget:
+    """The weights being reconstructed, laid out as predictor rows."""
+
+    def __init__(self, plan: WeightPlan, weights: list[torch.Tensor], device: torch.device | str,
+                 dtype: torch.dtype = torch.float32):
+        self.plan = plan
+        self.weights = [w.detach().to(device, dtype).clone() for w in weights]
+        flat = torch.cat([w.reshape(-1) for w in self.weights])
+        self.rows = flat_to_rows_reference(flat, plan)  # (N, K*K), zeros outside each layer's crop
+        self.mask = flat_to_rows_reference(torch.ones_like(flat), plan)
+        # Kernel norms drive the weighted row sampling (NeRN's random_weighted_batch).
+        self.norms = self.rows.norm(dim=1).cpu()
+        numel = torch.tensor([l.numel for l in plan.layers], dtype=torch.float64, device=self.rows.device)
+        self.mse_row_weight = (1.0 / (len(plan.layers) * numel))[plan.row_layer.to(self.rows.device)].to(dtype)
+        self.total_numel = plan.numel
+        self.sq_error = float(self.rows.pow(2).sum())  # S at the all-zero prediction until refreshed
+
+    def error(self, rows: torch.Tensor) -> dict[str, float]:
+        """Full reconstruction errors of predicted rows (no grad)."""
+        with torch.no_grad():
+            e = (rows.to(self.rows.dtype) - self.rows) * self.mask
+            sq = e.pow(2).sum(1)
+            s = float(sq.sum())
+            mse = float((sq * self.mse_row_weight).sum())
+        return {"l2": math.sqrt(s / self.total_numel), "mse": mse, "sq_error": s}
+
+    def refresh(self, rows: torch.Tensor) -> tuple[dict[str, float], float]:
+        """Measure the full error and reset the L2 scale; returns (errors, drift factor)."""
+        err = self.error(rows)
+        drift = math.sqrt(err["sq_error"] / self.sq_error) if self.sq_error > 0 else 1.0
+        self.sq_error = max(err["sq_error"], 1e-30)
+        return err, drift
+
+    def fast_loss(self, nern: NeRN, idx: torch.Tensor | None, kind: str) -> torch.Tensor:
+        """A loss whose gradient w.r.t. the predictor equals the full reconstruction loss's gradient
+        with gradient flowing through rows ``idx`` only (see module doc for ``l2``)."""
+        pred = nern.predict(idx)
+        if idx is None:
+            t, m, w = self.rows, self.mask, self.mse_row_weight
+        else:
+            i = idx.to(self.rows.device)
+            t, m, w = self.rows[i], self.mask[i], self.mse_row_weight[i]
+        sq = ((pred.to(t.dtype) - t) * m).pow(2).sum(1)
+        if kind == "mse":
+            return (sq * w).sum()
+        if kind == "l2":
+            return sq.sum() / (2 * math.sqrt(self.sq_error * self.total_numel))
+        raise ValueError(f"unknown reconstruction loss {kind!r}")
+
+
+def data_loss(nern: NeRN, idx: torch.Tensor | None, shell: nn.Module, x: torch.Tensor, target: ReconTarget,
+              distill: nn.Module | None, recon_kind: str, recon_weight: float, fmd_weight: float,
+              kd_weight: float, kd_kind: str, temperature: float,
+              autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Joint NeRN objective on an image batch: recon_weight*L_rec + fmd_weight*L_fmd + kd_weight*L_kd.
+
+    The whole network is rebuilt from the predictor (gradient through rows ``idx``) and run with
+    ``functional_call``; the distillation source (original or teacher) runs without autograd.
+    """
+    ws = flat_views(nern.flat(nern.rows(idx)), nern.plan)
+    params = {f"{n}.weight": w for n, w in zip(nern.plan.names, ws)}
+    parts: dict[str, float] = {}
+    loss = x.new_zeros((), dtype=torch.float32)
+    if recon_weight:
+        rec = reconstruction_loss(ws, target.weights, recon_kind)
+        loss = loss + recon_weight * rec
+        parts["rec"] = float(rec.detach())
+    ac = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(x.device.type, enabled=False)
+    with ac:
+        if fmd_weight:
+            with collect_features(shell) as fs:
+                logits = functional_call(shell, params, (x,))
+            with torch.no_grad(), collect_features(distill) as ft:
+                t_logits = distill(x)
+            fmd = feature_map_loss([f.float() for f in fs], [f.float() for f in ft])
+            loss = loss + fmd_weight * fmd
+            parts["fmd"] = float(fmd.detach())
+        else:
+            logits = functional_call(shell, params, (x,))
+            with torch.no_grad():
+                t_logits = distill(x) if kd_weight else None
+    if kd_weight:
+        kd = kd_loss(logits.float(), t_logits.float(), kd_kind, temperature)
+        loss = loss + kd_weight * kd
+        parts["kd"] = float(kd.detach())
+    parts["loss"] = float(loss.detach())
+    return loss, parts

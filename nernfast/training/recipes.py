@@ -1,0 +1,114 @@
+"""The six recipes, each a composition of phases (see nernfast.training.phase).
+
+recon_only         phase1: reconstruction only
+progressive        rounds of recon_only, round r+1 reconstructing round r's network; best of several
+                   seeds per round (validation accuracy); stop when a round no longer improves
+baseline           phase1: NeRN's joint loss (reconstruction warm-up, then + alpha*FMD + beta*KD)
+decoupled          phase1 reconstruction, then phase2 distillation from the original
+teacher_decoupled  phase1 reconstruction, then phase2 distillation from a stronger teacher
+noise_decoupled    phase1 reconstruction, then phase2 distillation on U(low, high) noise, no data
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..config import PhaseConfig, RunConfig
+from ..nern import NeRN
+from .context import Context
+from .objectives import ReconTarget
+from .phase import copy_frozen, evaluate_val, run_phase
+from .state import RunState
+
+
+def new_nern(cfg: RunConfig, target_model: nn.Module, seed: int, init_from: str | None = None) -> NeRN:
+    torch.manual_seed(seed)
+    n = cfg.nern
+    nern = NeRN.from_model(target_model, hidden=n.hidden, num_blocks=n.num_blocks, permutation=n.permutation,
+                           normalization=n.normalization, encoding=n.encoding, levels=n.levels, base=n.base,
+                           ffn_features=n.ffn_features, ffn_sigma=n.ffn_sigma, init=n.init)
+    if init_from:
+        from .init_from import load_predictor_init
+        load_predictor_init(nern, init_from)
+    return nern
+
+
+class RecipeRunner:
+    def __init__(self, ctx: Context, state: RunState):
+        self.ctx, self.state, self.cfg = ctx, state, ctx.cfg
+        self.stages: list[dict[str, Any]] = []
+
+    def distill_source(self, phase: PhaseConfig) -> nn.Module | None:
+        if not (phase.kd_weight or phase.fmd_weight):
+            return None
+        if phase.distill_from == "teacher":
+            if self.ctx.teacher is None:
+                raise ValueError("this phase distils from a teacher but none was loaded; pass --teacher NAME[:CKPT]")
+            if phase.fmd_weight:
+                raise ValueError("the feature-map term needs the same architecture; set fmd_weight=0 with a teacher")
+            return self.ctx.teacher
+        return self.ctx.original
+
+    def phase(self, nern: NeRN, target_model: nn.Module, phase: PhaseConfig, stage: str, seed: int) -> dict[str, Any]:
+        """Run (or restore) one phase on ``nern``; the kept predictor ends up in ``nern``."""
+        target = ReconTarget(nern.plan, nern.plan.weights_of(target_model), self.ctx.device)
+        shell = copy_frozen(target_model)
+        self.ctx.eval_model = copy_frozen(target_model)
+        distill = self.distill_source(phase)
+
+        def run(resume: dict | None, save: Any) -> dict[str, Any]:
+            res = run_phase(self.ctx, nern, target, phase, stage, shell, distill, seed, resume, save)
+            # Reported, never selected on: the kept predictor is fixed before the test set is read.
+            res["test_acc"], res["test_loss"] = evaluate_val(self.ctx, nern, "test")
+            res["predictor"] = {k: v.detach().clone() for k, v in nern.predictor.state_dict().items()}
+            return res
+
+        result = self.state.stage(stage, run)
+        nern.predictor.load_state_dict(result["predictor"])
+        self.stages.append(result)
+        return result
+
+    # ---- recipes ---------------------------------------------------------------------------------
+    def run(self) -> tuple[NeRN, nn.Module]:
+        """Returns the final NeRN and the model it reconstructs (whose BN/FC it keeps)."""
+        cfg, orig = self.cfg, self.ctx.original
+        if cfg.recipe == "progressive":
+            return self.progressive()
+        nern = new_nern(cfg, orig, cfg.seed, cfg.init_from)
+        p1 = cfg.phase1
+        self.phase(nern, orig, p1, "phase1-" + p1.name, cfg.seed)
+        if cfg.recipe in ("decoupled", "teacher_decoupled", "noise_decoupled"):
+            p2 = cfg.phase2
+            self.phase(nern, orig, p2, "phase2-" + p2.name, cfg.seed + 1)
+        return nern, orig
+
+    def progressive(self) -> tuple[NeRN, nn.Module]:
+        cfg = self.cfg
+        target = self.ctx.original
+        prev_acc = None
+        kept: tuple[NeRN, nn.Module] | None = None
+        for r in range(1, cfg.progressive.rounds + 1):
+            best = None
+            for s in range(cfg.progressive.seeds):
+                seed = cfg.seed + 1000 * r + s
+                nern = new_nern(cfg, target, seed, cfg.init_from if r == 1 else None)
+                res = self.phase(nern, target, cfg.phase1, f"round{r}-seed{s}", seed)
+                res["round"], res["seed"] = r, seed
+                if best is None or res["val_acc"] > best[0]["val_acc"]:
+                    best = (res, nern)
+            res, nern = best
+            res["kept"] = True
+            if prev_acc is not None and res["val_acc"] <= prev_acc:
+                self.ctx.logger.info(f"progressive: round {r} did not improve validation accuracy "
+                                     f"({res['val_acc']:.4f} <= {prev_acc:.4f}); keeping round {r - 1}")
+                res["stopped_here"] = True
+                break
+            prev_acc = res["val_acc"]
+            kept = (nern, target)
+            # The next round reconstructs this round's reconstruction (BN/FC stay the original's).
+            target = copy_frozen(target)
+            nern.materialize_(target)
+        return kept
+
