@@ -13,16 +13,23 @@ OPTIMIZERS = ("ranger", "radam", "adam", "adamw")
 class Ranger(torch.optim.RAdam):
     """RAdam whose weights are pulled towards slow Lookahead weights every ``k`` steps.
 
-    Defaults are the NeRN reference's: lr 5e-3, betas (0.5, 0.999), eps 1e-5, weight decay 1e-3,
-    k = 6, alpha = 0.5, RAdam's rectification threshold 5 (torch's), no gradient centralisation.
+    Defaults are the NeRN reference's: lr 5e-3, betas (0.5, 0.999), eps 1e-5, weight decay 1e-3
+    (decoupled, as in Ranger), k = 6, alpha = 0.5, RAdam's rectification threshold 5 (torch's),
+    no gradient centralisation. Lookahead (Zhang et al. 2019): the slow weights start at the
+    weights *before* the first step; after every k-th step slow += alpha * (fast - slow), fast = slow.
+    Gradient centralisation subtracts each output unit's mean gradient (tensors with dim > 1).
     The slow weights live in the optimiser state, so ``state_dict`` round-trips them.
     """
 
     def __init__(self, params: Iterable, lr: float = 5e-3, betas: tuple[float, float] = (0.5, 0.999),
                  eps: float = 1e-5, weight_decay: float = 1e-3, k: int = 6, alpha: float = 0.5,
                  gc: bool = False):
+        if k < 1 or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"Lookahead needs k >= 1 and 0 <= alpha <= 1, got k={k}, alpha={alpha}")
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          decoupled_weight_decay=True)
+        # In the defaults too, so groups added later with add_param_group get them.
+        self.defaults.update(lookahead_k=k, lookahead_alpha=alpha, gc=gc)
         for g in self.param_groups:
             g.setdefault("lookahead_k", k)
             g.setdefault("lookahead_alpha", alpha)
@@ -30,19 +37,27 @@ class Ranger(torch.optim.RAdam):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:  # evaluate first so centralisation sees this step's gradients
+            with torch.enable_grad():
+                loss = closure()
+        start = {}  # weights before their first step: where the slow weights begin
         for g in self.param_groups:
-            if g["gc"]:
-                for p in g["params"]:
-                    if p.grad is not None and p.grad.dim() > 1:
-                        p.grad.sub_(p.grad.mean(dim=tuple(range(1, p.grad.dim())), keepdim=True))
-        loss = super().step(closure)
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                if g["gc"] and p.grad.dim() > 1:
+                    p.grad.sub_(p.grad.mean(dim=tuple(range(1, p.grad.dim())), keepdim=True))
+                if "slow" not in self.state[p]:
+                    start[p] = p.detach().clone()
+        super().step()
         for g in self.param_groups:
             for p in g["params"]:
                 if p.grad is None:
                     continue
                 st = self.state[p]
-                if "slow" not in st:
-                    st["slow"] = p.detach().clone()
+                if p in start:
+                    st["slow"] = start.pop(p)
                     st["la_step"] = 0
                 st["la_step"] += 1
                 if st["la_step"] % g["lookahead_k"] == 0:

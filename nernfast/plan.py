@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from .permutation import PERMUTATIONS, compute_permutations
 from .selection import PlanError, select_layers
@@ -44,7 +45,9 @@ class WeightPlan:
     """Layout of the predicted weights. Immutable; serialisable with ``to_meta``/``from_meta``."""
 
     def __init__(self, layers: Sequence[LayerSpec], kernel_size: int, normalization: str,
-                 permutation: str, perm: torch.Tensor):
+                 permutation: str, perm: torch.Tensor, selection: dict[str, Any] | None = None):
+        """``selection``: the ``select_layers`` arguments the layers came from (include, exclude,
+        smaller_kernels), kept so ``modules_of`` can also refuse a model with convs the plan lacks."""
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
         if permutation not in PERMUTATIONS:
@@ -57,9 +60,20 @@ class WeightPlan:
         if big:
             raise PlanError(f"kernels larger than the predictor's {kernel_size}x{kernel_size} output: {big}; "
                             f"use kernel_size >= {max(k for _, k in big)} or exclude those layers")
-        self.perm = perm.to(torch.long).cpu()  # global chain index -> destination row
+        self.selection = None if selection is None else {
+            "include": list(selection["include"]) if selection.get("include") else None,
+            "exclude": list(selection["exclude"]) if selection.get("exclude") else None,
+            "smaller_kernels": selection.get("smaller_kernels")}
+        self.perm = perm.to(torch.long).cpu().reshape(-1)  # global chain index -> destination row
         if self.perm.numel() != self.num_rows:
-            raise PlanError(f"permutation has {self.perm.numel()} entries, plan has {self.num_rows} rows")
+            raise PlanError(f"permutation has {self.perm.numel()} entries, plan has {self.num_rows} rows; "
+                            "the saved permutation belongs to another plan")
+        n = self.num_rows
+        if n and (self.perm.min() < 0 or self.perm.max() >= n
+                  or not bool((torch.bincount(self.perm, minlength=n) == 1).all())):
+            raise PlanError(f"the permutation is not a bijection of 0..{n - 1} (corrupt artefact?)")
+        if n and not torch.equal(self.row_layer[self.perm], self.row_layer):
+            raise PlanError("the permutation moves kernels between layers; it must permute within each layer")
 
     # ---- sizes and offsets -------------------------------------------------------------------
     @cached_property
@@ -133,19 +147,29 @@ class WeightPlan:
         return (self.int_coords.to(torch.float64) / self.coordinate_scale()).float()
 
     # ---- identity ------------------------------------------------------------------------------
-    def to_meta(self) -> dict[str, Any]:
+    def _identity(self) -> dict[str, Any]:
         return {"layers": [[l.name, list(l.shape)] for l in self.layers], "kernel_size": self.kernel_size,
                 "normalization": self.normalization, "permutation": self.permutation}
+
+    def to_meta(self) -> dict[str, Any]:
+        """JSON-serialisable description; with the permutation tensor, ``from_meta`` rebuilds the plan."""
+        meta = self._identity()
+        if self.selection is not None:
+            meta["selection"] = dict(self.selection)
+        return meta
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], perm: torch.Tensor) -> "WeightPlan":
         layers = [LayerSpec(n, tuple(s)) for n, s in meta["layers"]]
-        return cls(layers, meta["kernel_size"], meta["normalization"], meta["permutation"], perm)
+        return cls(layers, meta["kernel_size"], meta["normalization"], meta["permutation"], perm,
+                   meta.get("selection"))
 
     @cached_property
     def hash(self) -> str:
-        h = hashlib.sha256(json.dumps(self.to_meta(), sort_keys=True).encode())
-        h.update(self.perm.numpy().tobytes())
+        """Identity of what the predictor was trained for: layers, K, normalisation, permutation
+        (not the selection arguments, which only chose the layers)."""
+        h = hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode())
+        h.update(self.perm.numpy().astype("<i8").tobytes())
         return h.hexdigest()[:16]
 
     def __eq__(self, other: object) -> bool:
@@ -167,8 +191,18 @@ class WeightPlan:
             m = mods.get(l.name)
             if not isinstance(m, nn.Conv2d):
                 problems.append(f"{l.name}: missing (or not a Conv2d)")
-            elif tuple(m.weight.shape) != l.shape:
-                problems.append(f"{l.name}: model has {tuple(m.weight.shape)}, plan has {l.shape}")
+            elif _weight_shape(m) != l.shape:
+                problems.append(f"{l.name}: model has {_weight_shape(m)}, plan has {l.shape}")
+        if self.selection is not None:
+            try:
+                selected = [n for n, _ in select_layers(model, **self.selection)]
+            except PlanError:
+                selected = []
+            planned = set(self.names)
+            extra = [n for n in selected if n not in planned]
+            if extra:
+                problems.insert(0, f"{len(extra)} conv(s) the plan does not predict: {extra[:4]}"
+                                + (" ..." if len(extra) > 4 else ""))
         if problems:
             shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
             raise PlanError(f"model {type(model).__name__} does not match the predictor's weight plan "
@@ -177,6 +211,13 @@ class WeightPlan:
 
     def weights_of(self, model: nn.Module) -> list[torch.Tensor]:
         return [m.weight for m in self.modules_of(model)]
+
+
+def _weight_shape(conv: nn.Conv2d) -> tuple[int, ...]:
+    """The weight's shape without evaluating a parametrization (which may run a whole predictor)."""
+    if parametrize.is_parametrized(conv, "weight"):
+        return tuple(conv.parametrizations["weight"].original.shape)
+    return tuple(conv.weight.shape)
 
 
 def build_plan(model: nn.Module, permutation: str = "infilter", normalization: str = "local",
@@ -195,4 +236,5 @@ def build_plan(model: nn.Module, permutation: str = "infilter", normalization: s
     perms = compute_permutations(weights, permutation, cache_dir)
     offs = torch.tensor([0] + [l.rows for l in layers]).cumsum(0)[:-1]
     perm = torch.cat([p + o for p, o in zip(perms, offs)])
-    return WeightPlan(layers, k, normalization, permutation, perm)
+    selection = {"include": include, "exclude": exclude, "smaller_kernels": smaller_kernels}
+    return WeightPlan(layers, k, normalization, permutation, perm, selection)
