@@ -5,6 +5,7 @@ Knobs (environment variables, printed at build time):
   TORCH_CUDA_ARCH_LIST     CUDA archs, e.g. "9.0" (torch's own variable)
   MAX_JOBS                 parallel compile jobs (torch's own variable)
   NERNFAST_NO_EXT=1        skip the extension entirely (pure-Python install)
+  NERNFAST_DEBUG=1         compile with -O0 -g (default: -O3 without debug info, the quicker build)
 Install with ``pip install --no-build-isolation -e .`` so the build uses the installed torch.
 """
 from __future__ import annotations
@@ -39,10 +40,13 @@ def extensions():
     print(f"[nernfast build] torch {torch.__version__}, CUDA part: {'on' if use_cuda else 'off'} "
           f"(NERNFAST_CUDA={want}, CUDA_HOME={CUDA_HOME}), TORCH_CUDA_ARCH_LIST="
           f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '<torch default>')}, MAX_JOBS={os.environ.get('MAX_JOBS', '<auto>')}")
-    cxx = ["-O3", "-std=c++17"]
+    # No -std flag: torch's BuildExtension adds the standard its headers need (c++20 for torch 2.14).
+    debug = os.environ.get("NERNFAST_DEBUG", "0") == "1"
+    cxx = ["-O0", "-g"] if debug else ["-O3", "-g0"]
+    print(f"[nernfast build] sources: {' '.join(cpp + (cu if use_cuda else []))}; NERNFAST_DEBUG={int(debug)}")
     if use_cuda:
         ext = CUDAExtension("nernfast._C", cpp + cu, define_macros=[("NERNFAST_WITH_CUDA", None)],
-                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]})
+                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo" if debug else "-g0"]})
     else:
         ext = CppExtension("nernfast._C", cpp, extra_compile_args={"cxx": cxx})
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=False)}

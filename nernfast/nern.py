@@ -15,9 +15,10 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from .batching import sample_rows, with_subset_gradient
+from .binding import bind_flat
 from .encoding import build_encoding
 from .ops.predict import predict_rows
-from .ops.scatter import flat_views, rows_to_flat
+from .ops.scatter import flat_views, rows_to_flat, write_rows_
 from .plan import WeightPlan, build_plan
 from .predictor import Predictor
 from .selection import PlanError
@@ -97,37 +98,61 @@ class NeRN(nn.Module):
 
     @torch.no_grad()
     def materialize_(self, model: nn.Module, chunk: int | None = None) -> nn.Module:
-        """Write every predicted weight into ``model`` in place (no autograd). Returns ``model``."""
-        targets = self.plan.weights_of(model)
-        for t, w in zip(targets, flat_views(self.flat(self.rows(chunk=chunk)), self.plan)):
-            t.copy_(w)
+        """Write every predicted weight into ``model`` in place (no autograd) with one op call for the
+        whole network. The first call binds the model's predicted conv weights as views into one flat
+        buffer (``bind_``); after ``model.to(...)``, ``.half()``, ``load_state_dict(..., assign=True)``
+        it re-binds in the weights' current dtype and device. Returns ``model``."""
+        flat = bind_flat(model, self.plan)
+        write_rows_(flat, self.rows(chunk=chunk), self.plan)
         return model
+
+    def bind_(self, model: nn.Module) -> torch.Tensor:
+        """Bind ``model``'s predicted conv weights as views into one flat buffer and return it
+        (idempotent; see nernfast.binding)."""
+        return bind_flat(model, self.plan)
 
     # ---- parametrize ---------------------------------------------------------------------------
     def parametrize_(self, model: nn.Module) -> nn.Module:
         """Make ``model(x)`` compute with predicted weights, differentiably, evaluating the predictor
-        once per forward (not once per conv). Undo with ``torch.nn.utils.parametrize.remove_parametrizations``."""
+        once per forward (not once per conv). Undo with ``unparametrize_``."""
         mods = self.plan.modules_of(model)
+        if any(parametrize.is_parametrized(m, "weight") for m in mods):
+            raise PlanError("model's predicted convs are already parametrized; call unparametrize_(model) first")
         shared = _SharedPrediction(self)
         for i, m in enumerate(mods):
             parametrize.register_parametrization(m, "weight", _PredictedWeight(shared, i), unsafe=True)
-        model.register_forward_pre_hook(lambda *_: shared.clear())
-        model.register_forward_hook(lambda *_: shared.clear())
+        # The prediction is shared by all convs of one forward and dropped before and after it.
+        model._nernfast_hooks = [model.register_forward_pre_hook(lambda *_: shared.clear()),
+                                 model.register_forward_hook(lambda *_: shared.clear())]
+        return model
+
+    def unparametrize_(self, model: nn.Module, keep_predicted: bool = True) -> nn.Module:
+        """Remove ``parametrize_``: the convs keep the current predicted weights (``keep_predicted``)
+        or get their original tensors back."""
+        for m in self.plan.modules_of(model):
+            if parametrize.is_parametrized(m, "weight"):
+                with torch.no_grad():
+                    parametrize.remove_parametrizations(m, "weight", leave_parametrized=keep_predicted)
+        for h in getattr(model, "_nernfast_hooks", []):
+            h.remove()
+        model.__dict__.pop("_nernfast_hooks", None)
         return model
 
 
 class _SharedPrediction:
-    """Predicts the whole network once and hands each conv its slice until cleared."""
+    """Predicts the whole network once and hands each conv its slice until cleared (by the model's
+    forward hooks), or until the predictor's parameters change or the grad mode differs."""
 
     def __init__(self, nern: NeRN):
-        self.nern, self.cache = nern, None
+        self.nern, self.cache, self.key = nern, None, None
 
     def clear(self) -> None:
-        self.cache = None
+        self.cache = self.key = None
 
     def get(self, i: int) -> torch.Tensor:
-        if self.cache is None:
-            self.cache = self.nern.layer_weights()
+        key = (torch.is_grad_enabled(), tuple(p._version for p in self.nern.predictor.parameters()))
+        if self.cache is None or key != self.key:
+            self.cache, self.key = self.nern.layer_weights(), key
         return self.cache[i]
 
 
