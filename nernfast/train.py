@@ -97,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from .checkpoints import CheckpointError
+    from .data import DatasetError
     try:
         run(cfg, resume=args.resume, progress=not args.no_progress)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, DatasetError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

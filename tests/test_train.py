@@ -75,7 +75,7 @@ def test_decoupled_phase2_lowers_kd_and_keeps_val_acc(nets, tmp_path):
 def test_decoupled_recon_weight_is_the_configured_one(nets, tmp_path, monkeypatch):
     spy = Spy(monkeypatch, phase_mod, "data_loss")
     train_cli.run(tiny_cfg("decoupled", nets, tmp_path, ["phase2.recon_weight=0.37"]), progress=False)
-    assert spy.calls and all(a[6] == 0.37 and a[8] == 1.0 for a, _ in spy.calls)  # recon_weight, kd_weight
+    assert spy.calls and all(a[7] == 0.37 and a[9] == 1.0 for a, _ in spy.calls)  # recon_weight, kd_weight
 
 
 def test_baseline_warmup_has_no_distillation(nets, tmp_path, monkeypatch):
@@ -205,3 +205,22 @@ def test_help_mentions_every_flag(capsys):
     for flag in ("--recipe", "--model", "--dataset", "--data-root", "--original", "--teacher", "--hidden",
                  "--config", "--set", "--out", "--device", "--seed", "--resume", "--init-from"):
         assert flag in out
+
+
+def test_nan_loss_stops_the_phase_and_keeps_the_best(nets, tmp_path, monkeypatch, capsys):
+    from nernfast.training import objectives
+    real = objectives.ReconTarget.fast_loss
+    calls = {"n": 0}
+
+    def poisoned(self, nern, idx, kind):
+        calls["n"] += 1
+        loss = real(self, nern, idx, kind)
+        return loss * float("nan") if calls["n"] == 8 else loss
+    monkeypatch.setattr(objectives.ReconTarget, "fast_loss", poisoned)
+    res = train_cli.run(tiny_cfg("recon_only", nets, tmp_path), progress=False)
+    stage = res["stages"][0]
+    assert stage["steps_run"] == 7 and "loss became nan at step 7" in stage["diverged"]
+    assert stage["best_step"] in (0, 6)
+    assert "Lower the learning rate" in capsys.readouterr().err
+    model = nernfast.load(tmp_path / "nern.safetensors")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
