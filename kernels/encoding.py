@@ -55,14 +55,18 @@ def encode_tile(coords_ptr, rows, rmask, feats, fmask, freq_ptr, L, MODE: tl.con
 
 
 @triton.jit
-def table_tile(idx_ptr, rows, rmask, cols, cmask, tab_ptr, H):
+def table_tile(idx_ptr, rows, rmask, cols, cmask, tab_ptr, stride, COL_MASK: tl.constexpr):
     """First-layer pre-activation from tables: (len(rows), len(cols)) fp32, zero where masked.
 
-    idx (n, 3) int32 rows of the concatenated table ``tab`` (U, H) fp32.
+    idx (n, 3) int32 rows of the concatenated table ``tab`` (U, >= len(cols)) fp32 with row ``stride``;
+    ``COL_MASK=False`` when every column in ``cols`` exists (padded tables: unmasked, vector loads).
     """
-    m2 = rmask[:, None] & cmask[None, :]
+    if COL_MASK:
+        m2 = rmask[:, None] & cmask[None, :]
+    else:
+        m2 = rmask[:, None]
     acc = tl.zeros((rows.shape[0], cols.shape[0]), dtype=tl.float32)
     for c in tl.static_range(3):
         i = tl.load(idx_ptr + rows * 3 + c, mask=rmask, other=0).to(tl.int64)
-        acc += tl.load(tab_ptr + i[:, None] * H + cols[None, :], mask=m2, other=0.0)
+        acc += tl.load(tab_ptr + i[:, None] * stride + cols[None, :], mask=m2, other=0.0)
     return acc

@@ -20,6 +20,7 @@ interpreter). Used by ``fused_mlp.py``.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -29,7 +30,7 @@ from .encoding import encode_tile
 
 @triton.jit
 def _linear_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, mask_ptr, coords_ptr, freq_ptr,
-                   M, N, K, L, K_PER_SPLIT,
+                   M, N, K, L, ENC_F, K_PER_SPLIT,
                    sam, sak, sbk, sbn, scm, scn, smm, smn, split_stride,
                    A_ENC: tl.constexpr, B_ENC: tl.constexpr, ENC_MODE: tl.constexpr,
                    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, HAS_MASK: tl.constexpr,
@@ -49,12 +50,12 @@ def _linear_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, mask_ptr, coords_ptr, freq_ptr
         ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
         kmask = ks < k_hi
         if A_ENC:
-            a = encode_tile(coords_ptr, offs_m, mmask, ks, kmask, freq_ptr, L, ENC_MODE)
+            a = encode_tile(coords_ptr, offs_m, mmask, ks, kmask & (ks < ENC_F), freq_ptr, L, ENC_MODE)
         else:
             a = tl.load(a_ptr + offs_m[:, None] * sam + ks[None, :] * sak,
                         mask=mmask[:, None] & kmask[None, :], other=0.0)
         if B_ENC:
-            b = encode_tile(coords_ptr, ks, kmask, offs_n, nmask, freq_ptr, L, ENC_MODE)
+            b = encode_tile(coords_ptr, ks, kmask, offs_n, nmask & (offs_n < ENC_F), freq_ptr, L, ENC_MODE)
         else:
             b = tl.load(b_ptr + ks[:, None] * sbk + offs_n[None, :] * sbn,
                         mask=kmask[:, None] & nmask[None, :], other=0.0)
@@ -73,6 +74,9 @@ def _linear_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, mask_ptr, coords_ptr, freq_ptr
 
 # Kernels defined while TRITON_INTERPRET=1 run in the interpreter: no autotuning there.
 INTERPRET = type(_linear_kernel).__name__ == "InterpretedFunction"
+# NERNFAST_AUTOTUNE=0: compiled kernels take the first config of each space (read at call time, so a
+# script may set ``nernfast.kernels.linear.AUTOTUNE`` too).
+AUTOTUNE = os.environ.get("NERNFAST_AUTOTUNE", "1") != "0"
 
 # Fixed configuration under the interpreter (tiny shapes; no autotuning there).
 _INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32)
@@ -82,7 +86,6 @@ def _configs():
     c = triton.Config
     return [c(dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32), num_warps=8, num_stages=3),
             c(dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32), num_warps=4, num_stages=4),
-            c(dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32), num_warps=4, num_stages=4),
             c(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64), num_warps=4, num_stages=3),
             c(dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=64), num_warps=4, num_stages=3)]  # narrow outputs (K*K)
 
@@ -105,13 +108,13 @@ def _strides(t: torch.Tensor | None) -> tuple[int, int]:
 def linear(a: torch.Tensor | None, b: torch.Tensor | None, M: int, N: int, K: int, *,
            out: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32,
            bias: torch.Tensor | None = None, relu: bool = False, mask: torch.Tensor | None = None,
-           enc: tuple[torch.Tensor, torch.Tensor, int, int] | None = None, enc_operand: str | None = None,
+           enc: tuple[torch.Tensor, torch.Tensor, int, int, int] | None = None, enc_operand: str | None = None,
            compute_dtype: torch.dtype = torch.float32, dot_precision: str = "ieee",
            split_k: int = 1) -> torch.Tensor:
     """``out (M, N) = epilogue(A @ B)``; A (M, K) and B (K, N) strided 2-D tensors (any strides).
 
-    ``enc=(coords, freq, L, mode)`` with ``enc_operand='a'`` or ``'b'`` replaces that operand by the
-    positional encoding (see module doc). ``split_k > 1`` needs no bias/relu/mask (weight gradients).
+    ``enc=(coords, freq, L, mode, F)`` with ``enc_operand='a'`` or ``'b'`` replaces that operand by the
+    positional encoding (see module doc), zero for features >= F (padded weights). ``split_k > 1`` needs no bias/relu/mask (weight gradients).
     """
     ref = a if a is not None else b
     dev = ref.device
@@ -119,7 +122,7 @@ def linear(a: torch.Tensor | None, b: torch.Tensor | None, M: int, N: int, K: in
         out = torch.empty(M, N, device=dev, dtype=out_dtype)
     if split_k > 1 and (bias is not None or relu or mask is not None):
         raise ValueError("split_k > 1 is for plain products (the partials are summed afterwards)")
-    coords, freq, L, mode = enc if enc is not None else (ref, ref, 1, 0)
+    coords, freq, L, mode, n_feat = enc if enc is not None else (ref, ref, 1, 0, 0)
     a_enc, b_enc = enc_operand == "a", enc_operand == "b"
     dummy = ref
     target = out
@@ -133,11 +136,15 @@ def linear(a: torch.Tensor | None, b: torch.Tensor | None, M: int, N: int, K: in
     split_stride = target.stride(0) if split_k > 1 else 0
     args = (a if a is not None else dummy, b if b is not None else dummy, target,
             bias if bias is not None else dummy, mask if mask is not None else dummy, coords, freq,
-            M, N, K, L, per, *_strides(a), *_strides(b), scm, scn, *_strides(mask), split_stride)
+            M, N, K, L, n_feat, per, *_strides(a), *_strides(b), scm, scn, *_strides(mask), split_stride)
     flags = dict(A_ENC=a_enc, B_ENC=b_enc, ENC_MODE=mode, HAS_BIAS=bias is not None, RELU=relu,
                  HAS_MASK=mask is not None, DT=triton_dtype(compute_dtype), DOT_PREC=dot_precision)
-    if INTERPRET:
-        cfg = _INTERPRET_CONFIG
+    if INTERPRET or not AUTOTUNE:
+        if INTERPRET:
+            cfg = _INTERPRET_CONFIG
+        else:
+            c0 = _configs()[0]
+            cfg = dict(c0.kwargs, num_warps=c0.num_warps, num_stages=c0.num_stages)
         grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]), split_k)
         _linear_kernel[grid](*args, **flags, **cfg)
     else:

@@ -148,32 +148,39 @@ def _layer_outputs(pred: Predictor, x: torch.Tensor) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("path,first", [("fused", "direct"), ("layered", "table")])
 def test_every_output_and_saved_activation_is_written(path: str, first: str):
-    """Poisoned buffers: out and the saved activations start as NaN; every element must be overwritten."""
-    case = Case("basic", first, path, torch.float32, 5, 48, 3, 37)
+    """Poisoned buffers: out and the saved activations start as NaN; every element the backward reads
+    (each activation's first H columns, rounded up to 16, the padding being zero) must be written."""
+    case = Case("basic", first, path, torch.float32, 5, 40, 3, 37)
     enc, pred, coords = make(case)
     lins = pred.linears()
+    mids = [(l.weight.detach(), l.bias.detach()) for l in lins[1:-1]]
+    wf, bf = lins[-1].weight.detach(), lins[-1].bias.detach()
     if first == "table":
         from nernfast.ops.tables import coordinate_index, first_layer_table
         index = coordinate_index(coords)
-        x, w0, b0, mode = index.idx32, first_layer_table(enc, lins[0].weight, lins[0].bias, index), None, fm.ENC_TABLE
+        table = first_layer_table(enc, lins[0].weight, lins[0].bias, index).detach()
+        spec = fm.make_spec(fm.ENC_TABLE, 1, table, wf, 3, "ieee", path)
+        pk = fm.pack_weights(spec, None, None, mids, wf, bf)
+        x, w0 = index.idx32, fm.pad_table(table, spec)
     else:
-        x, w0, b0, mode = coords, lins[0].weight, lins[0].bias, fm.ENC_BASIC
-    wm = torch.stack([l.weight for l in lins[1:-1]]).detach()
-    bm = torch.stack([l.bias for l in lins[1:-1]]).detach()
-    spec = fm.MLPSpec(mode, enc.levels, 0 if first == "table" else enc.out_features, case.hidden, 9, 3,
-                      torch.float32, "ieee", path)
+        w0 = lins[0].weight.detach()
+        spec = fm.make_spec(fm.ENC_BASIC, enc.levels, w0, wf, 3, "ieee", path)
+        pk = fm.pack_weights(spec, w0, lins[0].bias.detach(), mids, wf, bf)
+        x, w0 = coords, pk.first
     out = torch.full((case.n, 9), float("nan"), device=DEVICE)
-    acts = torch.full((4, case.n, case.hidden), float("nan"), device=DEVICE)
+    acts = torch.full((4, case.n, spec.width), float("nan"), device=DEVICE)
     launch = fm.fused_forward if path == "fused" else fm.layered_forward
     with torch.no_grad():
-        launch(x, w0.detach(), b0 if b0 is None else b0.detach(), wm, bm, lins[-1].weight.detach(),
-               lins[-1].bias.detach(), enc.freqs, spec, out, acts)
+        launch(x, w0, pk, enc.freqs, spec, out, acts)
         want = _layer_outputs(pred, enc(coords))
         want_out = predict_rows_reference(pred, enc, coords)
-    assert torch.isfinite(out).all() and torch.isfinite(acts).all(), f"unwritten elements (seed {SEED})"
+    hs = 48  # H = 40 rounded up to 16
+    assert torch.isfinite(out).all() and torch.isfinite(acts[:, :, :hs]).all(), f"unwritten elements (seed {SEED})"
+    assert (acts[:, :, case.hidden:hs] == 0).all(), "padding columns of the activations must be zero"
     torch.testing.assert_close(out, want_out, atol=1e-5, rtol=1e-4)
     for l in range(4):
-        torch.testing.assert_close(acts[l], want[l], atol=1e-5, rtol=1e-4, msg=lambda m: f"activation {l}: {m}")
+        torch.testing.assert_close(acts[l, :, :case.hidden], want[l], atol=1e-5, rtol=1e-4,
+                                   msg=lambda m: f"activation {l}: {m}")
 
 
 def test_out_buffer_and_empty_input():

@@ -17,6 +17,8 @@ in the compute dtype, as from the reference.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -109,6 +111,22 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+_PACKS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _packed(fm, predictor: Predictor, spec, weights: list) -> object:
+    """The padded compute copies of the predictor's weights, rebuilt only when a parameter changes
+    (in-place updates bump ``_version``) or the dtype/width/path differ."""
+    key = (spec, tuple((p.data_ptr(), p._version) for p in predictor.parameters()))
+    hit = _PACKS.get(predictor)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    first, b0, mids, wf, bf = weights
+    pk = fm.pack_weights(spec, first, b0, mids, wf, bf)
+    _PACKS[predictor] = (key, pk)
+    return pk
+
+
 def _predict_triton(predictor: Predictor, encoding: nn.Module, coords: torch.Tensor, use_table: bool,
                     out: torch.Tensor | None, path: str) -> torch.Tensor:
     from ..kernels import fused_mlp as fm  # lazy: importing nernfast never needs triton
@@ -117,28 +135,25 @@ def _predict_triton(predictor: Predictor, encoding: nn.Module, coords: torch.Ten
     lins = predictor.linears()
     with torch.autocast(dev, enabled=False):
         cast = lambda t: t.to(dtype)  # noqa: E731  (differentiable; a no-op without autocast)
+        mids = [(cast(l.weight), cast(l.bias)) for l in lins[1:-1]]
+        wf, bf = cast(lins[-1].weight), cast(lins[-1].bias)
         if use_table:
             index = coordinate_index(coords)
             x, b0, mode, levels = index.idx32, None, fm.ENC_TABLE, 1
             first = first_layer_table(encoding, lins[0].weight, lins[0].bias, index, dtype)
             freq = first  # unused
         else:
-            kind = _encoding_kind(encoding)
             x, first, b0 = coords.float(), cast(lins[0].weight), cast(lins[0].bias)
-            if kind == "basic":
+            if _encoding_kind(encoding) == "basic":
                 mode, levels, freq = fm.ENC_BASIC, encoding.levels, encoding.freqs.float()
             else:
                 mode, levels, freq = fm.ENC_FFN, encoding.num_features, encoding.B.float()
-        mid = lins[1:-1]
-        if mid:
-            wm = torch.stack([cast(l.weight) for l in mid])
-            bm = torch.stack([cast(l.bias) for l in mid])
-        else:
-            wm = bm = torch.empty(0, device=coords.device, dtype=dtype)
-        wm = wm.view(len(mid), predictor.hidden, predictor.hidden)
-        bm = bm.view(len(mid), predictor.hidden)
-        return fm.fused_mlp(x, first, b0, wm, bm, cast(lins[-1].weight), cast(lins[-1].bias), freq, mode=mode,
-                            levels=levels, dot_precision=_dot_precision(dtype), path=path, out=out)
+        packed = None
+        if not (fm.INTERPRET and dtype == torch.bfloat16):  # (the interpreter's bf16 detour repacks in fp32)
+            spec = fm.make_spec(mode, levels, first, wf, len(mids), _dot_precision(dtype), path)
+            packed = _packed(fm, predictor, spec, [first, b0, mids, wf, bf])
+        return fm.fused_mlp(x, first, b0, mids, wf, bf, freq, mode=mode, levels=levels,
+                            dot_precision=_dot_precision(dtype), path=path, out=out, packed=packed)
 
 
 def triton_available() -> bool:
