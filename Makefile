@@ -30,5 +30,25 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VPY) -m pytest benchmarks -q
 
+# Compile check of the CUDA part (it cannot run here): builds the whole extension with its .cu for
+# sm_90 only, with this machine's nvcc, into build/check-cuda (not into the package), then loads it
+# and checks that CUDA kernels are registered for every op.
+CHECK_CUDA_HOME ?= /usr/local/cuda
+check-cuda: $(VENV)/.deps
+	rm -rf build/check-cuda
+	CUDA_HOME=$(CHECK_CUDA_HOME) PATH=$(CHECK_CUDA_HOME)/bin:$$PATH NERNFAST_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 \
+	  $(VPY) setup.py -q build_ext --build-lib build/check-cuda/lib --build-temp build/check-cuda/tmp
+	$(VPY) -c "import glob, torch; torch.ops.load_library(glob.glob('build/check-cuda/lib/nernfast/_C*.so')[0]); \
+	  ops = ('scatter_rows', 'gather_rows', 'scatter_rows_into'); \
+	  ok = [torch._C._dispatch_has_kernel_for_dispatch_key('nernfast::' + o, 'CUDA') for o in ops]; \
+	  assert all(ok), dict(zip(ops, ok)); print('check-cuda: sm_90 build OK, CUDA kernels registered for', ops)"
+
+# C++ test of the ops against libtorch (CMakeLists.txt, csrc/test/); not part of `make test`.
+ctest: $(VENV)/.deps
+	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH="$$($(VPY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build build/cmake -j 2
+	ctest --test-dir build/cmake --output-on-failure
+
 clean:
 	rm -rf build *.egg-info nernfast/_C*.so $(STAMP)

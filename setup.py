@@ -46,7 +46,7 @@ def extensions():
     print(f"[nernfast build] sources: {' '.join(cpp + (cu if use_cuda else []))}; NERNFAST_DEBUG={int(debug)}")
     if use_cuda:
         ext = CUDAExtension("nernfast._C", cpp + cu, define_macros=[("NERNFAST_WITH_CUDA", None)],
-                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo" if debug else "-g0"]})
+                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"] + (["-lineinfo"] if debug else [])})
     else:
         ext = CppExtension("nernfast._C", cpp, extra_compile_args={"cxx": cxx})
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=False)}

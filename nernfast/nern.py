@@ -103,7 +103,14 @@ class NeRN(nn.Module):
         buffer (``bind_``); after ``model.to(...)``, ``.half()``, ``load_state_dict(..., assign=True)``
         it re-binds in the weights' current dtype and device. Returns ``model``."""
         flat = bind_flat(model, self.plan)
-        write_rows_(flat, self.rows(chunk=chunk), self.plan)
+        pdtype = next(self.predictor.parameters()).dtype
+        if self.plan.uniform and flat.device == self.coords.device and flat.dtype == pdtype:
+            # Zero-copy: the predictor writes its rows straight into the conv weights (the fused Triton
+            # kernel on CUDA stores them there; the PyTorch path copies once).
+            self.predictor_calls += 1
+            predict_rows(self.predictor, self.encoding, self.coords, chunk, out=flat.view(self.plan.num_rows, -1))
+        else:
+            write_rows_(flat, self.rows(chunk=chunk), self.plan)
         return model
 
     def bind_(self, model: nn.Module) -> torch.Tensor:
