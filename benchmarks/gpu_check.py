@@ -549,6 +549,157 @@ def wait_worker(rec: Recorder, job: str, w, timeout: float) -> None:
         rec.log(f"warm worker {job} failed (rc {w.returncode}):\n{outp[-3000:]}")
 
 
+def cpu_tables(out: Path, rounds: int) -> int:
+    """--cpu-tables: does the first-layer table shortcut pay on this CPU? ResNet-56 / H320, whole
+    network, no grad: ``predict_rows`` (PyTorch path, tables) vs ``predict_rows_reference``, fp32 and
+    bf16 weights, interleaved rounds (paired ratios are robust to load drifting on a shared machine)."""
+    from nernfast.ops.predict import predict_rows, predict_rows_reference
+    rec = Recorder(out)
+    load0 = os.getloadavg()
+    case = Case(("resnet56-h320", "resnet56", 10, 320, "infilter"))
+    rec.log(f"cpu-tables: {case.n} rows, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{os.cpu_count()} CPUs, load average {load0}")
+    results = {}
+    for prec in ("fp32", "bf16"):
+        pred = case.predictor(prec)
+        fns = {"reference": lambda: predict_rows_reference(pred, case.enc, case.coords),
+               "tables": lambda: predict_rows(pred, case.enc, case.coords, first_layer="table", backend="torch"),
+               "direct": lambda: predict_rows(pred, case.enc, case.coords, first_layer="direct", backend="torch")}
+        times = {k: [] for k in fns}
+        with torch.no_grad():
+            for f in fns.values():
+                f()
+            for _ in range(rounds):
+                for k, f in fns.items():
+                    t = time.perf_counter()
+                    f()
+                    times[k].append((time.perf_counter() - t) * 1e3)
+        med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+        ratio = med([r / t for r, t in zip(times["reference"], times["tables"])])
+        results[prec] = {k: {"median_ms": med(v), "min_ms": min(v), "all_ms": v} for k, v in times.items()}
+        results[prec]["paired_speedup_tables_vs_reference"] = ratio
+        rec.log(f"  {prec}: reference {med(times['reference']):.0f} ms (min {min(times['reference']):.0f}), "
+                f"tables {med(times['tables']):.0f} ms (min {min(times['tables']):.0f}), direct (=reference "
+                f"through the dispatcher) {med(times['direct']):.0f} ms; paired speed-up of tables {ratio:.2f}x")
+    results["load_average_start_end"] = [load0, os.getloadavg()]
+    rec.set("cpu_tables", results)
+    return 0
+
+
+def sm90_report(out: Path) -> int:
+    """--sm90-report: without a GPU, compile every autotuning candidate of the fused kernel (and the
+    per-layer GEMM) for sm_90 and report registers, local-memory spills (STACK) and shared memory,
+    from ptxas/cuobjdump as bundled with Triton. Uses Triton internals (a stand-in driver giving the
+    target); a development aid, not part of the GPU run."""
+    import tempfile
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.driver import driver as drv
+
+    class Target:  # the only driver calls a warm-up compile makes
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+    drv.set_active(Target())
+    from nernfast.kernels import fused_mlp as fm
+    from nernfast.kernels import linear as lk
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    rec = Recorder(out)
+
+    # Part 1: every launcher path (forward and backward, all forms, paths and dtypes) compiles; the
+    # launches themselves are no-ops (no GPU), autotuning off (its first config compiles).
+    import triton.compiler.compiler as tcc
+    from nernfast.encoding import BasicEncoding, FFNEncoding
+    from nernfast.ops.predict import predict_rows
+    from nernfast.predictor import Predictor
+    run, meta = tcc.CompiledKernel.run, tcc.CompiledKernel.launch_metadata
+    tcc.CompiledKernel.run = property(lambda self: (lambda *a, **k: None))
+    tcc.CompiledKernel.launch_metadata = lambda self, *a: None
+    split_k, lk.AUTOTUNE = fm._split_k, False
+    fm._split_k = lambda m, n, k, d: 4
+    for enc_name, first in (("basic", "table"), ("basic", "direct"), ("ffn", "direct")):
+        for hidden, path in ((140, "fused"), (680, "layered")):
+            for prec in ("bf16", "fp32", "fp16"):
+                for blocks in (3, 4):
+                    enc = BasicEncoding() if enc_name == "basic" else FFNEncoding(120)
+                    pred = Predictor(enc.out_features, hidden, 3, blocks).to(dtype_of(prec))
+                    coords = torch.rand(300, 3)
+                    name = f"{enc_name}/{first}/{path}/H{hidden}/{prec}/nb{blocks}"
+                    try:
+                        with torch.no_grad():
+                            predict_rows(pred, enc, coords, backend="triton", first_layer=first, path=path)
+                        predict_rows(pred, enc, coords, backend="triton", first_layer=first, path=path).float().sum().backward()
+                        rec.add("sm90_compile", {"variant": name, "ok": True})
+                        rec.log(f"  compiles: {name} (forward, forward saving, backward)")
+                    except Exception as e:
+                        rec.add("sm90_compile", {"variant": name, "ok": False, "error": repr(e)[:2000]})
+                        rec.log(f"  FAILS: {name}: {e!r}"[:2000])
+    tcc.CompiledKernel.run, tcc.CompiledKernel.launch_metadata = run, meta
+    fm._split_k, lk.AUTOTUNE = split_k, True
+
+    # Part 2: registers / spills / shared memory of every autotuning candidate.
+
+    def usage(k) -> str:
+        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+            f.write(k.asm["cubin"])
+        r = subprocess.run([str(cuobjdump), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        line = next((x for x in r.splitlines() if "REG:" in x), "")
+        return " ".join(w for w in line.split() if w.split(":")[0] in ("REG", "STACK"))
+
+    n, nmid, kk = 94256, 3, 9
+    for prec in ("bf16", "tf32"):
+        dt = dtype_of(prec)
+        for hidden in (140, 320):
+            for mode in (fm.ENC_TABLE, fm.ENC_BASIC):
+                wf = torch.zeros(kk, hidden, dtype=dt)
+                first = torch.zeros(185, hidden) if mode == fm.ENC_TABLE else torch.zeros(hidden, 240, dtype=dt)
+                spec = fm.make_spec(mode, 40, first, wf, nmid, "tf32" if prec == "tf32" else "ieee", "fused")
+                mids = [(torch.zeros(hidden, hidden, dtype=dt), torch.zeros(hidden, dtype=dt))] * nmid
+                pk = fm.pack_weights(spec, None if mode == fm.ENC_TABLE else first,
+                                     None if mode == fm.ENC_TABLE else torch.zeros(hidden, dtype=dt), mids, wf,
+                                     torch.zeros(kk, dtype=dt))
+                tab = fm.pad_table(first, spec) if mode == fm.ENC_TABLE else pk.first
+                x = torch.zeros(n, 3, dtype=torch.int32 if mode == fm.ENC_TABLE else torch.float32)
+                o = torch.zeros(n, kk, dtype=dt)
+                args = (x, tab, pk.b0 if pk.b0 is not None else tab, pk.wm, pk.bm, pk.wf, pk.bf, torch.zeros(40), o, o,
+                        n, hidden, spec.in_features, kk, nmid, 40)
+                flags = dict(MODE=mode, SAVE=False, ODD=True, DT=spec.dt, DOT_PREC=spec.dot_precision, HP=spec.width,
+                             FP=spec.in_padded, KP=spec.out_padded)
+                for c in fm._fused_configs(spec.width):
+                    t = time.time()
+                    try:
+                        k = fm._fused_mlp_fwd_kernel.warmup(*args, grid=(1,), num_warps=c.num_warps,
+                                                            num_stages=c.num_stages, **flags, **c.kwargs)
+                        r = {"kernel": "fused", "prec": prec, "hidden": hidden, "mode": "table" if mode == 2 else "direct",
+                             "config": f"{c.kwargs} w{c.num_warps} s{c.num_stages}", "smem_kb": k.metadata.shared // 1024,
+                             "usage": usage(k), "compile_s": round(time.time() - t, 1)}
+                    except Exception as e:
+                        r = {"kernel": "fused", "prec": prec, "hidden": hidden, "config": str(c), "error": repr(e)[:300]}
+                    rec.add("sm90_report", r)
+                    rec.log(f"  {r}")
+        p_, m_ = 688, n
+        a = torch.zeros(m_, p_, dtype=dt)
+        w = torch.zeros(p_, p_, dtype=dt)
+        for c in lk._configs():
+            try:
+                k = lk._linear_kernel.warmup(a, w.t(), a, w[0], a, x, torch.zeros(40), m_, p_, p_, 40, 0, p_,
+                                             *a.stride(), *w.t().stride(), *a.stride(), 0, 0, 0, grid=(1,),
+                                             num_warps=c.num_warps, num_stages=c.num_stages, A_ENC=False, B_ENC=False,
+                                             ENC_MODE=0, HAS_BIAS=True, RELU=True, HAS_MASK=False, DT=lk.triton_dtype(dt),
+                                             DOT_PREC="tf32" if prec == "tf32" else "ieee", **c.kwargs)
+                r = {"kernel": "linear bias+relu", "prec": prec, "hidden": 680, "config": f"{c.kwargs} w{c.num_warps} "
+                     f"s{c.num_stages}", "smem_kb": k.metadata.shared // 1024, "usage": usage(k)}
+            except Exception as e:
+                r = {"kernel": "linear", "prec": prec, "config": str(c), "error": repr(e)[:300]}
+            rec.add("sm90_report", r)
+            rec.log(f"  {r}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
@@ -558,6 +709,10 @@ def main() -> int:
     ap.add_argument("--no-warm", action="store_true", help="compile in the main process (no worker pool)")
     ap.add_argument("--budget", type=float, default=270.0, help="no new timing items after this many seconds")
     ap.add_argument("--cases", default="", help="comma-separated subset of the case names")
+    ap.add_argument("--cpu-tables", type=int, default=0, metavar="ROUNDS",
+                    help="only measure the CPU table shortcut (ResNet-56/H320, fp32 and bf16), ROUNDS rounds")
+    ap.add_argument("--sm90-report", action="store_true",
+                    help="no GPU needed: compile every config for sm_90, report registers/spills/shared memory")
     ap.add_argument("--_warm", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     out = Path(args.out_dir).resolve()
@@ -574,6 +729,15 @@ def main() -> int:
             name, prec = arg.split("/")
             warm_case(next(c for c in CASES if c[0] == name), prec, False)
         return 0
+
+    if args.sm90_report:
+        setup_torch()
+        return sm90_report(out)
+    if args.cpu_tables:
+        setup_torch()
+        global CPU_SMOKE
+        CPU_SMOKE = True  # CPU tensors, CPU timers
+        return cpu_tables(out, args.cpu_tables)
 
     rec = Recorder(out)
     rec.log(f"gpu_check start: {' '.join(sys.argv)} (repo {REPO})")
