@@ -1,5 +1,5 @@
 """Loads the C++/CUDA extension ``nernfast._C`` (``torch.ops.nernfast.*``) and registers the ops'
-fake kernels so ``torch.compile`` traces them.
+autograd formulas and fake kernels (so autograd and ``torch.compile`` see through them).
 
 Without a built extension the package still works (every op has a plain-PyTorch reference); one
 warning line says so. ``available()`` tells whether the ops exist, ``has_cuda()`` whether their CUDA
@@ -7,6 +7,7 @@ kernels were compiled. Build: ``NERNFAST_CUDA=0 pip install --no-build-isolation
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -66,7 +67,38 @@ def _register_fakes() -> None:
         return None
 
 
+def _register_autograd() -> None:
+    """scatter_rows and gather_rows are each other's adjoint (exact for distinct index entries), so
+    each one's backward is the other; both are differentiable again (double backward)."""
+
+    def scatter_setup(ctx, inputs, output):
+        rows, row_offsets, buf_offsets, kernel_sizes, index, numel = inputs
+        ctx.save_for_backward(row_offsets, buf_offsets, kernel_sizes, index)
+        ctx.num_rows, ctx.kernel_size = rows.shape[0], math.isqrt(rows.shape[1])
+
+    def scatter_backward(ctx, grad):
+        row_offsets, buf_offsets, kernel_sizes, index = ctx.saved_tensors
+        g = torch.ops.nernfast.gather_rows(grad.contiguous(), row_offsets, buf_offsets, kernel_sizes, index,
+                                           ctx.num_rows, ctx.kernel_size)
+        return g, None, None, None, None, None
+
+    def gather_setup(ctx, inputs, output):
+        flat, row_offsets, buf_offsets, kernel_sizes, index, num_rows, kernel_size = inputs
+        ctx.save_for_backward(row_offsets, buf_offsets, kernel_sizes, index)
+        ctx.numel = flat.shape[0]
+
+    def gather_backward(ctx, grad):
+        row_offsets, buf_offsets, kernel_sizes, index = ctx.saved_tensors
+        g = torch.ops.nernfast.scatter_rows(grad.contiguous(), row_offsets, buf_offsets, kernel_sizes, index,
+                                            ctx.numel)
+        return g, None, None, None, None, None, None
+
+    torch.library.register_autograd("nernfast::scatter_rows", scatter_backward, setup_context=scatter_setup)
+    torch.library.register_autograd("nernfast::gather_rows", gather_backward, setup_context=gather_setup)
+
+
 if _C is None:
     _warn_missing()
 else:
     _register_fakes()
+    _register_autograd()
