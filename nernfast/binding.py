@@ -69,11 +69,13 @@ def bind_flat(model: nn.Module, plan: WeightPlan) -> torch.Tensor:
     if len(kinds) > 1:
         raise PlanError(f"the predicted conv weights mix dtypes/devices {sorted(map(str, kinds))}; "
                         "convert the model to one dtype and device (model.to(...)) before binding")
-    flat = torch.empty(plan.numel, dtype=ws[0].dtype, device=ws[0].device)
-    for w, off in zip(ws, plan.buf_offsets):
-        view = flat[off:off + w.numel()].view(w.shape)
-        view.copy_(w)
-        w.data = view
+    # Outside inference mode even when called in it: inference tensors as weights would break training later.
+    with torch.inference_mode(False):
+        flat = torch.empty(plan.numel, dtype=ws[0].dtype, device=ws[0].device)
+        for w, off in zip(ws, plan.buf_offsets):
+            view = flat[off:off + w.numel()].view(w.shape)
+            view.copy_(w)
+            w.data = view
     return flat
 
 

@@ -143,3 +143,13 @@ def test_refuses_parametrized_and_mixed_models(pair):
     nern.unparametrize_(model)
     nern.materialize_(model)
     assert torch.equal(model_flat(model, nern), predicted(nern))
+
+
+def test_binding_made_in_inference_mode_still_trains(pair):
+    model, nern = copy.deepcopy(pair[0]), pair[1]
+    with torch.inference_mode():
+        nern.materialize_(model)
+    w = nern.plan.weights_of(model)[0]
+    assert not w.is_inference() and not flat_of(model, nern.plan).is_inference()
+    model(torch.randn(1, 3, 8, 8)).sum().backward()
+    assert w.grad is not None
