@@ -27,8 +27,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest tests -q --durations=15
 
+# The CPU throughput suite (benchmarks/RESULTS.md): writes benchmarks/results.json and prints the table.
+# Extra options via BENCH_ARGS, e.g. make bench BENCH_ARGS="--threads 1" on a busy machine.
 bench: $(STAMP)
-	$(VPY) -m pytest benchmarks -q
+	$(VPY) benchmarks/run_bench.py $(BENCH_ARGS)
 
 # Compile check of the CUDA part (it cannot run here): builds the whole extension with its .cu for
 # sm_90 only, with this machine's nvcc, into build/check-cuda (not into the package), then loads it
