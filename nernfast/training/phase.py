@@ -75,22 +75,23 @@ def run_phase(ctx: Any, nern: NeRN, target: ReconTarget, phase: PhaseConfig, sta
 
     step = 0
 
-    def score() -> tuple[float, dict[str, float]]:
+    def score() -> tuple[tuple[float, ...], dict[str, float]]:
         with torch.no_grad():
             err, drift = target.refresh(nern.rows())
         info = {"recon_l2": err["l2"], "recon_mse": err["mse"], "l2_scale_drift": drift}
         if phase.select == "last":  # touches no data at all
-            return float(step), info
+            return (float(step),), info
         if phase.select == "noise_kd":
             nern.materialize_(ctx.eval_model)
             with torch.no_grad():
                 kd = float(kd_loss(ctx.eval_model(noise_val[0]), noise_val[1], phase.kd_loss))
             info["noise_kd"] = kd
-            s = -kd
+            s = (-kd,)
         else:
             acc, loss = evaluate_val(ctx, nern)
             info.update(val_acc=acc, val_loss=loss)
-            s = acc
+            # Ties in accuracy (a small validation set) go to the phase's own objective.
+            s = (acc, -err["l2"] if phase.data == "none" else -loss)
         return s, info
 
     history: list[dict[str, Any]] = []
