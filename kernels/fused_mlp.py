@@ -448,8 +448,12 @@ def fused_mlp(x: torch.Tensor, first: torch.Tensor, b0: torch.Tensor | None,
     spec = make_spec(mode, levels, first, wf, len(mids), dot_precision, path)
     tensors = [first, b0, wf, bf] + [t for wb in mids for t in wb]
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    if save and out is not None:
-        raise ValueError("out= is for no-grad calls (materialisation); with autograd let the op allocate")
+    if out is not None:
+        if save:
+            raise ValueError("out= is for no-grad calls (materialisation); with autograd let the op allocate")
+        if out.shape != (x.shape[0], spec.outputs) or not out.is_contiguous() or out.device != x.device:
+            raise ValueError(f"out must be a contiguous ({x.shape[0]}, {spec.outputs}) tensor on {x.device}, got "
+                             f"{tuple(out.shape)} on {out.device}{'' if out.is_contiguous() else ' (non-contiguous)'}")
     pk = packed if packed is not None else pack_weights(spec, first, b0, mids, wf, bf)
     return FusedMLPFunction.apply(x.contiguous(), freq.contiguous(), spec, save, out, pk, first, b0, wf, bf,
                                   *[t for wb in mids for t in wb])

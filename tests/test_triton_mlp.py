@@ -197,6 +197,8 @@ def test_out_buffer_and_empty_input():
     assert empty.shape == (0, 9)
     with pytest.raises(ValueError, match="no-grad"):
         predict_rows(pred, enc, coords, backend="triton", out=torch.empty(case.n, 9, device=DEVICE))
+    with torch.no_grad(), pytest.raises(ValueError, match="contiguous"):
+        predict_rows(pred, enc, coords, backend="triton", out=torch.empty(9, case.n, device=DEVICE).t())
 
 
 def test_path_switch_and_limits():
