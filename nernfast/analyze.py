@@ -167,7 +167,8 @@ def run(a: argparse.Namespace, command: str) -> dict[str, Any]:
         result.update(labels=names, **res)
         import numpy as np
         p = plt()
-        fig, axes = p.subplots(1, len(splits), figsize=(5.2 * len(splits), 4.4), squeeze=False)
+        fig, axes = p.subplots(1, len(splits), figsize=(6.0 * len(splits), 4.4), squeeze=False,
+                               layout="constrained")
         for ax, s in zip(axes[0], splits):
             z = np.log10(np.maximum(np.array(res["values"][s]["loss"]), 1e-8))
             cs = ax.contourf(res["xs"], res["ys"], z, levels=20, cmap="viridis")

@@ -21,7 +21,8 @@ Scales multiply every phase's steps, warm-up, evaluation and checkpoint interval
 scale  steps x     seeds  rounds  meant for
 =====  ==========  =====  ======  =======================================================
 smoke  0.02        1      2       checking the pipeline end to end (minutes)
-small  0.1         3      3       a 2-core CPU in about an hour; the committed report
+small  0.1         3      3       the committed report: ~40 min on a shared 2-core CPU
+                                   with ``--seeds-t3 1 --jobs 2``
 full   1           3      3       the recipes' own lengths (hours on a CPU; a GPU)
 =====  ==========  =====  ======  =======================================================
 
@@ -188,6 +189,23 @@ def _artefact(env: Env, jid: str) -> str:
     return str(Path(env.work_dir) / jid / "nern.safetensors")
 
 
+def _decoded_checkpoint(env: Env, jid: str) -> str:
+    """A job's decoded network as a plain checkpoint, the input of the next progressive round (the
+    trainer reads a checkpoint naming its model; an artefact of a run that itself started from an
+    artefact does not name its architecture)."""
+    from .analysis.weights import load_weights
+    from .checkpoints import save_checkpoint_atomic
+    path = Path(env.work_dir) / jid / "decoded.pt"
+    if not path.exists():
+        ld = load_weights(_artefact(env, jid), model=env.model)
+        first = next(m for m in ld.model.modules() if hasattr(m, "in_channels"))
+        last = [m for m in ld.model.modules() if hasattr(m, "out_features")][-1]
+        save_checkpoint_atomic({"model": env.model, "num_classes": last.out_features, "in_channels": first.in_channels,
+                                "dataset": env.dataset, "source": _artefact(env, jid),
+                                "state_dict": ld.model.state_dict()}, path)
+    return str(path)
+
+
 def _stage_summary(stages: list[dict]) -> list[dict]:
     keys = ("stage", "steps_run", "best_step", "selected_by", "val_acc", "val_loss", "test_acc", "recon_l2",
             "recon_mse", "diverged")
@@ -231,7 +249,7 @@ def train_nern(job: Job, env: Env, bundle) -> dict[str, Any]:
     out = Path(env.work_dir) / job.id
     cfg = resolve(job.recipe, env.config, sets, model=env.model, dataset=env.dataset, data_root=env.data_root,
                   seed=job.seed, device=env.device, out=str(out),
-                  original=_artefact(env, job.original_job) if job.original_job else None,
+                  original=_decoded_checkpoint(env, job.original_job) if job.original_job else None,
                   init_from=_artefact(env, job.init_from_job) if job.init_from_job else None)
     res = run(cfg, progress=False)
     net = build_model(env.model, bundle.num_classes, bundle.in_channels)
@@ -465,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- analyses
-def analysis_specs(settings: dict[str, Any], work_dir: str, out_dir: str, grid_n: int) -> list[dict[str, Any]]:
+def analysis_specs(settings: dict[str, Any], work_dir: str, out_dir: str, grid_n: int,
+                   original: str | None = None) -> list[dict[str, Any]]:
     """The analyses the report shows, as ``python -m nernfast.analyze`` argument lists, on seed 0's
     artefacts: progressive chain 0 (Fig. 2/8, 9, 7) and the three methods at the smallest size
     (Fig. 4b, 6)."""
@@ -496,6 +515,8 @@ def analysis_specs(settings: dict[str, Any], work_dir: str, out_dir: str, grid_n
                       "--grid", str(grid_n)]}]
     for sp in specs:
         sp["args"] += ["--out", str(Path(out_dir) / sp["name"])]
+        if original and not (sp["args"][0] == "landscape" and sp["name"] == "landscape_methods"):
+            sp["args"] += ["--original", original]  # the true original, also for later rounds
     return specs
 
 
@@ -520,9 +541,12 @@ def summarize_analysis(res: dict[str, Any]) -> str:
         parts = []
         for l, c in res["curves"].items():
             best = max(c, key=lambda r: (r["accuracy"], -r["alpha"]))
+            keep = [r["alpha"] for r in c if r["accuracy"] >= c[0]["accuracy"] - 0.01]
+            last = max(a for a in keep if all(r["accuracy"] >= c[0]["accuracy"] - 0.01 for r in c if r["alpha"] <= a))
             parts.append(f"{l}: accuracy {100 * c[0]['accuracy']:.2f} % at a=0, {100 * c[-1]['accuracy']:.2f} % at a=1, "
-                         f"best {100 * best['accuracy']:.2f} % at a={best['alpha']:.1f}; recon error at a=1 "
-                         f"{c[-1]['recon_l2']:.5f}")
+                         f"best {100 * best['accuracy']:.2f} % at a={best['alpha']:.1f}, within 1 point of a=0 up to "
+                         f"a={last:.1f} (recon error {next(r['recon_l2'] for r in c if r['alpha'] == last):.5f}); "
+                         f"recon error at a=1 {c[-1]['recon_l2']:.5f}")
         return f"{res['split']} split; " + "; ".join(parts) + "."
     parts = []
     for s, vals in res["at_points"].items():
@@ -535,7 +559,9 @@ def summarize_analysis(res: dict[str, Any]) -> str:
 def run_analyses(raw: Path, work_dir: str, docs_dir: Path, grid_n: int, log: Callable[[str], None] = print) -> None:
     from . import analyze
     manifest = json.loads((raw / "grid.json").read_text())
-    for sp in analysis_specs(manifest["settings"], work_dir, str(docs_dir / "analysis"), grid_n):
+    orig = raw / "jobs" / "original.json"
+    original = json.loads(orig.read_text()).get("checkpoint") if orig.exists() else None
+    for sp in analysis_specs(manifest["settings"], work_dir, str(docs_dir / "analysis"), grid_n, original):
         missing = [x for x in sp["args"] if x.endswith(".safetensors") and not Path(x).exists()]
         if missing:
             log(f"skip analysis {sp['name']}: missing {', '.join(missing)}")
@@ -649,7 +675,20 @@ def render(manifest: dict[str, Any], recs: dict[str, dict[str, Any]], analysis: 
                 return _pp(0.0), "-", "identical on every test image", "1"
             m, lo, hi = stats.paired_diff([int(c) for c in ca], [int(c) for c in cb])
             return _pp(m), _dci(lo, hi), stats.verdict(lo, hi) + " (per image)", "1"
-        m, lo, hi = stats.seed_paired_diff([ra["eval"][key] for ra, _ in pairs], [rb["eval"][key] for _, rb in pairs])
+        if key == "accuracy":
+            ca = [ra["eval"]["correct"] for ra, _ in pairs]
+            cb = [rb["eval"]["correct"] for _, rb in pairs]
+            if ca == cb:
+                return _pp(0.0), "-", "identical on every test image", str(len(pairs))
+            m, lo, hi = stats.combined_paired_diff([[int(c) for c in v] for v in ca], [[int(c) for c in v] for v in cb])
+        else:  # no per-image outcomes kept: the seed interval, widened to an unpaired binomial one
+            xa = [ra["eval"][key] for ra, _ in pairs]
+            xb = [rb["eval"][key] for _, rb in pairs]
+            m, lo, hi = stats.seed_paired_diff(xa, xb)
+            n = pairs[0][0]["eval"]["num_examples"]
+            pa, pb = sum(xa) / len(xa), sum(xb) / len(xb)
+            h = stats.Z95 * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / n)
+            lo, hi = (pa - pb - h, pa - pb + h) if math.isnan(lo) else (min(lo, pa - pb - h), max(hi, pa - pb + h))
         return _pp(m), _dci(lo, hi), stats.verdict(lo, hi), str(len(pairs))
 
     seeds_t3 = S.get("seeds_t3", seeds)
@@ -660,6 +699,15 @@ def render(manifest: dict[str, Any], recs: dict[str, dict[str, Any]], analysis: 
 
     def chain_ids(r: int) -> list[str]:
         return [f"recon-h{ph}-s{c}" if r == 1 else f"prog-c{c}-r{r}" for c in range(seeds)]
+
+    def kept(jids: list[str]) -> str:
+        """The step each run kept (its last phase's best evaluation), per seed: step/steps."""
+        out = []
+        for i in jids:
+            st = (recs.get(i) or {}).get("stages") or []
+            if st:
+                out.append(f"{st[-1].get('best_step')}/{st[-1].get('steps_run')}")
+        return ", ".join(out) if out else "-"
 
     def orig_ids(k: int) -> list[str]:
         return ["original"] * k
@@ -681,7 +729,9 @@ def render(manifest: dict[str, Any], recs: dict[str, dict[str, Any]], analysis: 
     L += [f"- Dataset **{S['dataset']}**, original **{S['model']}**, predictor sizes (hidden) "
           f"{', '.join(f'{h} (CR {cr(h)})' for h in sizes)}; CR = predictor parameters / predicted conv parameters.",
           f"- Scale **{S['scale']}**: every phase's steps x {S['mult']} of the recipe YAMLs "
-          f"(`nernfast/configs/*.yaml`); {seeds} seed(s); {rounds} progressive round(s) at hidden {ph}. "
+          f"(`nernfast/configs/*.yaml`); {seeds} seed(s)"
+          + (f" (Table 3: {S['seeds_t3']})" if S.get("seeds_t3", seeds) != seeds else "")
+          + f"; {rounds} progressive round(s) at hidden {ph}. "
           "See `python -m nernfast.report --help` for what each scale means.",
           f"- Jobs finished: {len(done_ids)} of {len(manifest['job_ids'])}"
           + ("" if len(done_ids) == len(manifest["job_ids"]) else
@@ -689,8 +739,11 @@ def render(manifest: dict[str, Any], recs: dict[str, dict[str, Any]], analysis: 
     if n_test:
         L += [f"- Test set: {n_test} images, so one image is {100 / n_test:.2f} points of accuracy. "
               "Intervals are 95 %: Wilson for a single accuracy, Student t over seeds for means "
-              "(`mean ± std [CI]`), and for differences a t-interval of the per-seed paired differences "
-              "(same test images, same seed index; with a single pair, a paired per-image interval). "
+              "(`mean ± std [CI]`), and for differences of accuracy the wider of the t-interval of the per-seed "
+              "paired differences (same seed index: training noise) and the paired per-image interval of the "
+              "seed-averaged differences (same test images: test-set noise); with a single pair, the paired "
+              "per-image interval; robustness differences (no per-image outcomes kept) the wider of the seed "
+              "t-interval and an unpaired binomial interval. "
               "**within noise** = the interval contains 0."]
     L += ["- Robustness: OOD = the built-in corruption suite (8 corruptions x 5 severities of the test "
           "set; no digits-C exists), FGSM / I-FGSM in pixel space at the dataset's headline radius "
@@ -728,6 +781,7 @@ def render(manifest: dict[str, Any], recs: dict[str, dict[str, Any]], analysis: 
             for key, name in (("ood_accuracy", "OOD %"), ("fgsm_accuracy", "FGSM %"), ("ifgsm_accuracy", "I-FGSM %")):
                 L.append(f"| {name} | " + single("original", key) + " | "
                          + " | ".join(cell(chain_ids(r), key) for r in range(1, rounds + 1)) + " |")
+        L.append("| Kept step / steps, per chain | - | " + " | ".join(kept(chain_ids(r)) for r in range(1, rounds + 1)) + " |")
         val = []
         for r in range(1, rounds + 1):
             xs = [recs[i]["stages"][-1]["val_acc"] for i in chain_ids(r) if i in recs]
@@ -742,19 +796,22 @@ def render(manifest: dict[str, Any], recs: dict[str, dict[str, Any]], analysis: 
         L += ["## Table 2: recon-only vs baseline vs decoupled", "",
               "Baseline = NeRN's joint loss (reconstruction warm-up, then + α·FMD + β·KD, α = β = 1e-4); "
               "decoupled = the recon-only predictor of the same size and seed, then a distillation-only "
-              "phase (KD + λ·recon, λ = 0.1). Accuracies in %, mean ± std over seeds [95 % t-CI].", ""]
-        cols = ["Hidden (CR)", "Method", "Accuracy", "OOD", "FGSM", "I-FGSM", "Recon. error"]
+              "phase (KD + λ·recon, λ = 0.1). Accuracies in %, mean ± std over seeds [95 % t-CI]. "
+              "Recon. error: to the original, mean over seeds. Kept step: the evaluation point each run "
+              "kept by its selection rule (validation accuracy; ties keep the earlier step), per seed; "
+              "0 means the initial predictor was kept.", ""]
+        cols = ["Hidden (CR)", "Method", "Accuracy", "OOD", "FGSM", "I-FGSM", "Recon. error", "Kept step / steps"]
         L += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         if orig:
             L.append(f"| - | Original | {single('original', 'accuracy')} | {single('original', 'ood_accuracy')} | "
-                     f"{single('original', 'fgsm_accuracy')} | {single('original', 'ifgsm_accuracy')} | 0 |")
+                     f"{single('original', 'fgsm_accuracy')} | {single('original', 'ifgsm_accuracy')} | 0 | - |")
         for h in sizes:
             for m in ("recon", "baseline", "decoupled"):
                 ii = ids(m, h)
                 errs = [recs[i]["recon_l2_vs_original"] for i in ii if i in recs]
                 L.append(f"| {h} ({cr(h)}) | {METHOD_LABEL[m]} | {cell(ii, 'accuracy')} | {cell(ii, 'ood_accuracy', False)} | "
                          f"{cell(ii, 'fgsm_accuracy', False)} | {cell(ii, 'ifgsm_accuracy', False)} | "
-                         f"{_num(stats.mean_std(errs)[0] if errs else None, '.5f')} |")
+                         f"{_num(stats.mean_std(errs)[0] if errs else None, '.5f')} | {kept(ii)} |")
         L += ["", "Paired differences of test accuracy (percentage points, same seeds, same test images):", "",
               "| Hidden (CR) | Comparison | Δ accuracy (pp) | 95 % CI | verdict | pairs |", "|---|---|---|---|---|---|"]
         for h in sizes:
@@ -773,20 +830,22 @@ def render(manifest: dict[str, Any], recs: dict[str, dict[str, Any]], analysis: 
               "logits replace the original's in the KD term. The baseline with guidance has no feature-map "
               "term (the architectures differ), as in the paper. The KD student is the original's "
               "architecture trained from random initialisation with the KD loss only.", ""]
-        cols = ["Hidden (CR)", "Method", "Accuracy", "OOD", "FGSM", "I-FGSM"]
+        cols = ["Hidden (CR)", "Method", "Accuracy", "OOD", "FGSM", "I-FGSM", "Kept step / steps"]
         L += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for jid in ("original", "teacher"):
             if jid in recs:
                 L.append(f"| - | {METHOD_LABEL[jid]} ({recs[jid]['model']}) | {single(jid, 'accuracy')} | "
-                         f"{single(jid, 'ood_accuracy')} | {single(jid, 'fgsm_accuracy')} | {single(jid, 'ifgsm_accuracy')} |")
+                         f"{single(jid, 'ood_accuracy')} | {single(jid, 'fgsm_accuracy')} | {single(jid, 'ifgsm_accuracy')} | - |")
         ki = ids("kdstudent")
+        epochs = [str(recs[i].get("epochs")) for i in ki if i in recs]
         L.append(f"| - | {METHOD_LABEL['kdstudent']} | {cell(ki, 'accuracy')} | {cell(ki, 'ood_accuracy', False)} | "
-                 f"{cell(ki, 'fgsm_accuracy', False)} | {cell(ki, 'ifgsm_accuracy', False)} |")
+                 f"{cell(ki, 'fgsm_accuracy', False)} | {cell(ki, 'ifgsm_accuracy', False)} | "
+                 f"{', '.join(epochs) or '-'} epochs |")
         for h in sizes:
             for m in ("gbaseline", "tdecoupled"):
                 ii = ids(m, h)
                 L.append(f"| {h} ({cr(h)}) | {METHOD_LABEL[m]} | {cell(ii, 'accuracy')} | {cell(ii, 'ood_accuracy', False)} | "
-                         f"{cell(ii, 'fgsm_accuracy', False)} | {cell(ii, 'ifgsm_accuracy', False)} |")
+                         f"{cell(ii, 'fgsm_accuracy', False)} | {cell(ii, 'ifgsm_accuracy', False)} | {kept(ii)} |")
         L += ["", "| Hidden (CR) | Comparison | Δ accuracy (pp) | 95 % CI | verdict | pairs |", "|---|---|---|---|---|---|"]
         for h in sizes:
             for a, b in (("tdecoupled", "gbaseline"), ("tdecoupled", "decoupled"), ("tdecoupled", "original"),

@@ -194,6 +194,12 @@ def test_intervals():
     d, lo, hi = stats.paired_diff([1, 1, 0, 1], [1, 0, 0, 1])
     assert d == 0.25 and lo < 0 < hi and stats.verdict(lo, hi) == "within noise"
     assert stats.verdict(0.01, 0.02) == "higher" and stats.verdict(-0.2, -0.1) == "lower"
+    # every seed gives the same +0.25 difference: the seed interval has zero width, the per-image
+    # interval of the averaged differences does not, and the combined interval is the wider one
+    a = [[1, 1, 0, 1], [1, 1, 0, 1]]
+    b = [[1, 0, 0, 1], [1, 0, 0, 1]]
+    m, lo, hi = stats.combined_paired_diff(a, b)
+    assert m == 0.25 and lo == pytest.approx(0.25 - 1.96 * 0.5 / 2, abs=1e-3) and hi > 0.25
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -4,8 +4,10 @@
 * a mean over seeds: Student-t interval of the per-seed values;
 * a difference between two models on the same test images: per image the pair of outcomes is
   known, so the difference is paired: ``paired_diff`` (one pair of models; Wald interval on the
-  per-image differences, i.e. built from the discordant images) and ``seed_paired_diff`` (several
-  seeds: t-interval of the per-seed differences, which also carries the training noise).
+  per-image differences, i.e. built from the discordant images); over several seeds
+  ``seed_paired_diff`` (t-interval of the per-seed differences: training noise) and
+  ``combined_paired_diff`` (the wider of that and the per-image interval of the seed-averaged
+  differences: test-set noise, which the seed interval misses when every seed agrees).
 
 An interval that contains 0 means "within noise" at the 95 % level.
 """
@@ -79,6 +81,25 @@ def seed_paired_diff(a: Sequence[float], b: Sequence[float]) -> tuple[float, flo
     if len(a) != len(b):
         raise ValueError(f"seed_paired_diff needs as many values on both sides, got {len(a)} and {len(b)}")
     return t_interval([x - y for x, y in zip(a, b)])
+
+
+def combined_paired_diff(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> tuple[float, float, float]:
+    """Seeds s = 1..S of two methods, each a 0/1 outcome vector on the same n test images.
+    (mean difference, low, high): the union of the seed-level t-interval of the per-seed accuracy
+    differences and the per-image interval of d_i = mean_s (a_si - b_si)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"combined_paired_diff needs as many seeds on both sides, got {len(a)} and {len(b)}")
+    n = len(a[0])
+    accs_a = [sum(v) / n for v in a]
+    accs_b = [sum(v) / n for v in b]
+    m, lo, hi = seed_paired_diff(accs_a, accs_b)
+    d = [sum(int(a[s][i]) - int(b[s][i]) for s in range(len(a))) / len(a) for i in range(n)]
+    md = sum(d) / n
+    sd = math.sqrt(sum((x - md) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
+    h = Z95 * sd / math.sqrt(n)
+    if math.isnan(lo):
+        return md, md - h, md + h
+    return m, min(lo, md - h), max(hi, md + h)
 
 
 def verdict(low: float, high: float) -> str:
