@@ -158,6 +158,36 @@ def table(results: list[dict], variants: dict[tuple[str, str], dict], targets: l
     return "\n".join(lines)
 
 
+def markdown(res: dict) -> str:
+    """The RESULTS.md tables of a results.json: every case x variant, then the targets."""
+    m = res["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {res['torch']} ({m['torch_threads']} threads), "
+             f"device {res['device']}; {res.get('date', '')}; load average (1/5/15 min) before "
+             f"{res['load']['before']}, after {res['load']['after']}; {res['wall_seconds']:.0f} s in all.",
+             "", "| case | variant | median ms | q20–q80 ms | rounds | peak MB | speed-up vs reference |",
+             "|---|---|---|---|---|---|---|"]
+    variants = {(v["case"], v["variant"]): v for v in res["variants"]}
+    for case in sorted({c for c, _ in variants}, key=_case_order):
+        ref = variants.get((case, "reference"))
+        for (c, v), s in sorted(variants.items(), key=lambda kv: _variant_order(kv[0][1])):
+            if c != case:
+                continue
+            peak = f"{s['peak_mb']:.0f}" if s.get("peak_mb") is not None else "–"
+            vs = f"{ref['median_ms'] / s['median_ms']:.2f}×" if ref else "–"
+            lines.append(f"| {case} | {v} | {_ms(s['median_ms'])} | {_ms(s['q20_ms'])}–{_ms(s['q80_ms'])} | "
+                         f"{s['rounds']} | {peak} | {vs} |")
+    if res.get("targets"):
+        lines += ["", "| target | candidate | measured | verdict |", "|---|---|---|---|"]
+        for t in res["targets"]:
+            lines.append(f"| {t['target']} ({t['case']}) | {t['candidate']} | {t['speedup']:.2f}× | "
+                         f"{'met' if t['met'] else '**missed**'} |")
+    return "\n".join(lines)
+
+
+def _ms(x: float) -> str:
+    return f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
 def _variant_order(v: str) -> int:
     from cases import MATERIALIZE_VARIANTS, STEP_VARIANTS
     order = list(dict.fromkeys(list(STEP_VARIANTS) + list(MATERIALIZE_VARIANTS)))
@@ -176,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(HERE / "results.json"), help="results file")
     p.add_argument("--bench-json", help="also keep pytest-benchmark's own JSON here")
     p.add_argument("-k", dest="keyword", help="pytest -k expression (subset of cases)")
+    p.add_argument("--render", metavar="RESULTS_JSON", help="only print the markdown tables of an existing results file")
     args = p.parse_args(argv)
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())))
+        return 0
 
     import pytest
     import torch
