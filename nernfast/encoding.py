@@ -4,7 +4,7 @@ basic (NeRN): for each coordinate p in (layer, filter, channel) and level j = 0.
     x = p * base**j * pi,  features sin(x), cos(x).
 Layout: coordinate-major, then level, sin/cos interleaved: feature index c*2L + 2j + {0: sin, 1: cos}.
 Width 6L (L=40, base=0.76 -> 240). The first predictor layer is therefore linear in three
-per-coordinate blocks, which the fast paths exploit (see nernfast.ops.first_layer_tables).
+per-coordinate blocks, which the fast paths exploit (see nernfast.ops.tables).
 
 ffn (Gaussian Fourier features): x = 2*pi * p @ B.T with B ~ N(0, sigma^2) of shape (F, 3), fixed by
 a seed; features [sin(x), cos(x)], width 2F. It mixes coordinates, so no table shortcut applies.

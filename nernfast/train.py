@@ -156,10 +156,7 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str
     }
     if rank0:
         from .artefact import save_artefact
-        arch = {"name": cfg.model, "num_classes": ctx.bundle.num_classes, "in_channels": ctx.bundle.in_channels}
-        if ctx.original_source.startswith("nernfast artefact"):
-            arch = {}  # the decoded original may not be a built-in name; load() then needs model=
-        art = save_artefact(out / "nern.safetensors", nern, target_model, arch, to_dict(cfg),
+        art = save_artefact(out / "nern.safetensors", nern, target_model, ctx.architecture, to_dict(cfg),
                             {"final": _summary(results["final"]), "original": _summary(results["original"])})
         results["sizes"]["artefact_bytes"] = art.stat().st_size
         results["artefact"] = str(art)

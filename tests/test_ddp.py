@@ -38,7 +38,7 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
     torch.manual_seed(0)
     bundle = get_dataset("digits")
     original = copy_frozen(build_model("resnet20", 10, 1))
-    ctx = Context(cfg, torch.device("cpu"), bundle, original, "test", None, None, Path(out), RunLogger(Path(out), rank, False),
+    ctx = Context(cfg, torch.device("cpu"), bundle, original, "test", None, None, {}, Path(out), RunLogger(Path(out), rank, False),
                   rank, world)
     ctx.eval_model = copy_frozen(original)
     nern = new_nern(cfg, original, seed=0)

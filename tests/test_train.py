@@ -224,3 +224,13 @@ def test_nan_loss_stops_the_phase_and_keeps_the_best(nets, tmp_path, monkeypatch
     assert "Lower the learning rate" in capsys.readouterr().err
     model = nernfast.load(tmp_path / "nern.safetensors")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_original_can_be_an_artefact_and_chains(nets, tmp_path):
+    train_cli.run(tiny_cfg("recon_only", nets, tmp_path / "a"), progress=False)
+    cfg = tiny_cfg("progressive", nets, tmp_path / "b", ["progressive.rounds=1"])
+    cfg.original = str(tmp_path / "a" / "nern.safetensors")
+    res = train_cli.run(cfg, progress=False)
+    assert res["original_source"].startswith("nernfast artefact")
+    model = nernfast.load(tmp_path / "b" / "nern.safetensors")  # names its architecture again
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)

@@ -25,6 +25,7 @@ class Context:
     original_source: str
     teacher: nn.Module | None
     teacher_source: str | None
+    architecture: dict[str, Any]
     out: Path
     logger: RunLogger
     rank: int = 0
@@ -49,7 +50,9 @@ def load_network(name: str, path: str | None, bundle: Any, cfg: RunConfig, devic
     if not Path(path).exists():
         raise FileNotFoundError(f"checkpoint {path} not found; pass an existing file, or omit it to pretrain {name} here")
     if is_artefact(path):
-        return load_artefact(path, device=device), f"nernfast artefact {path}"
+        from ..artefact import read_artefact
+        arch = read_artefact(path)[0].get("architecture") or {}
+        return load_artefact(path, device=device), f"nernfast artefact {path} ({arch.get('name', 'custom model')})"
     model = build_model(name, bundle.num_classes, bundle.in_channels)
     return load_model_checkpoint(path, model), path
 
@@ -79,4 +82,9 @@ def build_context(cfg: RunConfig, out: Path, progress: bool = True) -> Context:
     if cfg.channels_last:
         original = original.to(memory_format=torch.channels_last)
         teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
-    return Context(cfg, device, bundle, original, osrc, teacher, tsrc, out, logger, rank, world)
+    arch = {"name": cfg.model, "num_classes": bundle.num_classes, "in_channels": bundle.in_channels}
+    if cfg.original and Path(cfg.original).exists():
+        from ..artefact import is_artefact, read_artefact
+        if is_artefact(cfg.original):  # a decoded artefact keeps the architecture it was built from
+            arch = read_artefact(cfg.original)[0].get("architecture") or {}
+    return Context(cfg, device, bundle, original, osrc, teacher, tsrc, arch, out, logger, rank, world)
