@@ -1,0 +1,149 @@
+"""Loading users' model checkpoints safely, and saving checkpoints atomically.
+
+Accepted layouts (all read with ``torch.load(..., weights_only=True)``):
+
+* a plain ``state_dict`` (``{name: tensor}``);
+* a dict wrapping it under ``state_dict`` (akamaster's CIFAR ResNets, most training scripts),
+  ``model_state_dict``, ``model`` (when it is a dict of tensors) or ``net``;
+* nernfast's own pretrained checkpoints (``{"model": name, ..., "state_dict": ...}``);
+* keys prefixed ``module.`` (DataParallel / DistributedDataParallel) or ``_orig_mod.``
+  (``torch.compile``) — the prefix is stripped.
+
+A file that holds a pickled object (typically a whole ``nn.Module`` saved with
+``torch.save(model, ...)``) is refused with :data:`PICKLE_REFUSED`, unless ``trust_pickle=True``
+(CLI ``--trust-pickle``), which unpickles it — running whatever code the file names.
+
+BatchNorm ``num_batches_tracked`` buffers missing from old checkpoints (akamaster's were saved
+before they existed) are tolerated; any other missing or unexpected key, or a shape mismatch, is
+an error listing all of them.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+PICKLE_REFUSED = (
+    "{path} holds a pickled Python object (e.g. a whole nn.Module saved with torch.save(model, ...)), "
+    "which nernfast does not unpickle because that can run arbitrary code. Re-save it as a state_dict: "
+    "torch.save(model.state_dict(), 'model.pt') — or, only if you trust the file, pass --trust-pickle "
+    "(trust_pickle=True)."
+)
+PREFIXES = ("module.", "_orig_mod.")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read, or does not fit the model."""
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True`` (tensors, containers, primitives only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trust_pickle:
+            m = re.search(r"GLOBAL ([\w.]+)", str(e))
+            found = f" (it refers to {m.group(1)})" if m else ""
+            raise CheckpointError(PICKLE_REFUSED.format(path=path) + found) from None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e2:  # noqa: BLE001
+            raise CheckpointError(f"{path}: could not be unpickled even with --trust-pickle: {e2}") from e2
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+
+
+def extract_state_dict(obj: Any, path: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
+    """The model weights inside a loaded checkpoint, with ``module.``/``_orig_mod.`` stripped."""
+    if isinstance(obj, nn.Module):  # only reachable with trust_pickle
+        obj = obj.state_dict()
+    sd = None
+    if _is_tensor_dict(obj):
+        sd = obj
+    elif isinstance(obj, Mapping):
+        for k in WRAPPER_KEYS:
+            v = obj.get(k)
+            if isinstance(v, nn.Module):
+                v = v.state_dict()
+            if _is_tensor_dict(v):
+                sd = v
+                break
+    if sd is None:
+        keys = sorted(map(str, obj.keys()))[:10] if isinstance(obj, Mapping) else []
+        raise CheckpointError(f"{path}: no state_dict found (expected a dict of tensors, or one under "
+                              f"{', '.join(repr(k) for k in WRAPPER_KEYS)}; got {type(obj).__name__}"
+                              f"{' with keys ' + str(keys) if keys else ''})")
+    out = {}
+    for k, v in sd.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def check_fit(state_dict: Mapping[str, torch.Tensor], model: nn.Module, path: str | os.PathLike = "checkpoint") -> None:
+    """Raise a CheckpointError listing missing/unexpected keys and shape mismatches, if any."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def block(title, items):
+            if not items:
+                return ""
+            return f"\n  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else "")
+        raise CheckpointError(f"{path} does not fit {type(model).__name__}:" + block("missing keys", missing)
+                              + block("unexpected keys", unexpected) + block("shape mismatches", shapes)
+                              + "\n(check the model name, number of classes and input channels)")
+
+
+def load_model_checkpoint(path: str | os.PathLike, model: nn.Module, trust_pickle: bool = False) -> nn.Module:
+    """Load the weights in ``path`` into ``model`` (in place) and return it; see module docs."""
+    sd = extract_state_dict(read_checkpoint(path, trust_pickle), path)
+    check_fit(sd, model, path)
+    own = model.state_dict()
+    sd = {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(sd, strict=False)  # only num_batches_tracked may be absent (checked above)
+    return model
+
+
+def save_checkpoint_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same directory, then ``os.replace`` it onto
+    ``path``: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
