@@ -79,8 +79,9 @@ class CifarResNet(nn.Module):
 CIFAR_DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
 
 
-def cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
+def cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, shortcut: str = "A",
+                 width: int = 16) -> CifarResNet:
     if depth not in CIFAR_DEPTHS:
         raise ValueError(f"CIFAR ResNet depth must be one of {sorted(CIFAR_DEPTHS)}, got {depth}")
     n = CIFAR_DEPTHS[depth]
-    return CifarResNet([n, n, n], num_classes=num_classes, in_channels=in_channels, shortcut=shortcut)
+    return CifarResNet([n, n, n], num_classes=num_classes, in_channels=in_channels, shortcut=shortcut, width=width)
