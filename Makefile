@@ -9,7 +9,6 @@ STAMP     := $(VENV)/.nernfast-installed
 
 $(VENV)/.deps: Makefile pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip setuptools wheel
 	$(VPY) -m pip install -q $(TORCH_PIN)
 	$(VPY) -m pip install -q numpy pyyaml safetensors tqdm scikit-learn matplotlib pytest pytest-benchmark
 	touch $@
