@@ -8,6 +8,10 @@
    with and without a permutation is reported, not asserted (NeRN fits are long; a few hundred
    steps on barely trained weights say little).
 Small predictors and networks keep this within ~40 s on 2 cores.
+
+Measured while writing this (smooth weights, 600 steps, cosine decay): H64 Ranger 0.11x; H32 Ranger
+plateaus near 0.28x while H32 Adam (betas 0.9) reaches 0.09x -- Ranger's beta1 = 0.5 *together with*
+Lookahead slows these fits (either alone: 0.13x), so the test uses H64.
 """
 from __future__ import annotations
 
@@ -93,12 +97,14 @@ def test_smooth_weights_are_fitted_without_collapse(tmp_path, capsys):
     with torch.no_grad():
         pred = nern.predict()
     corr = torch.corrcoef(torch.stack([pred.flatten(), rows.flatten()]))[0, 1].item()
-    spread = (pred.var(0) / rows.var(0)).min().item()  # per output: variance across rows, vs the target's
+    spread = pred.var(0) / rows.var(0)  # per output: the prediction's variance across rows / the target's
     with capsys.disabled():
         print(f"\n[report] smooth weights ({N} rows), H64, 600 steps: {ratio:.3f}x the all-zero error, "
-              f"correlation {corr:.3f}, per-output variance ratio >= {spread:.2f} ({time.perf_counter() - t0:.1f} s)")
+              f"correlation {corr:.3f}, per-output variance ratio {spread.mean():.2f} (min {spread.min():.2f}) "
+              f"({time.perf_counter() - t0:.1f} s)")
     assert ratio < 0.3, f"fit reached only {ratio:.3f}x of the all-zero error"
-    assert corr > 0.9 and spread > 0.5, f"collapsed towards a constant: correlation {corr:.3f}, variance ratio {spread:.3f}"
+    assert corr > 0.9 and spread.mean() > 0.6 and spread.min() > 0.25, (
+        f"collapsed towards a constant: correlation {corr:.3f}, variance ratios {spread.tolist()}")
     tail = sum(losses[-50:]) / 50 / zero
     assert tail < 0.3 and abs(tail - ratio) < 0.05  # the training loss agrees with the full evaluation
 
