@@ -9,8 +9,14 @@ the weights never move.
   all kernels of the layer.
 - ``infilter``: a chain over each filter's channels, then a chain over the filters on their
   channel-permuted flattened kernels.
-The chains run batched in torch: ``n`` steps of one matrix-vector product each, never an all-pairs
-matrix, so a 512x512 layer (262 144 kernels) needs O(n) memory.
+Chains of up to ``LONG_CHAIN`` items run batched in torch (float64): ``n`` steps of one
+matrix-vector product each, never an all-pairs matrix. Longer chains (crossfilter on big layers: an
+ImageNet 512x512 layer has 262 144 kernels) run an exact pruned search in O(n) memory: kernels in
+leaves with cone bounds, so each step scans only the leaves that could hold the most similar
+unvisited kernel (see ``_long_greedy_chain``). Both give the plain greedy chain's order (ties to the
+lowest index). Measured on the 2-core CI machine under load (process CPU time): ResNet-56 infilter
+0.45 s, crossfilter 5.2 s; one 512x512 layer infilter 3 s, crossfilter ~95 s (random-init and
+clustered kernels alike; the brute-force scan would take ~36 min). Results are cached on disk.
 """
 from __future__ import annotations
 
