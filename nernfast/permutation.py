@@ -118,8 +118,9 @@ class _Leaves:
         self.cen = cen / np.linalg.norm(cen, axis=1, keepdims=True).clip(1e-300)
         self.pc = np.einsum("csd,cd->cs", self.x, self.cen)  # cos(member, its centre)
         self.cos_phi = np.where(self.alive, self.pc, np.inf).min(1)
-        self.sin_phi = np.sqrt(np.clip(1.0 - self.cos_phi ** 2, 0.0, None))
         self.live = np.isfinite(self.cos_phi)
+        self.cos_phi[~self.live] = 1.0  # finite placeholders: empty leaves are masked by `live`
+        self.sin_phi = np.sqrt(np.clip(1.0 - self.cos_phi ** 2, 0.0, None))
         self.size = self.count = idx.size
         self.pos = pos
 
@@ -128,8 +129,8 @@ class _Leaves:
         self.alive[c, s] = False
         self.count -= 1
         cp = np.where(self.alive[c], self.pc[c], np.inf).min()
-        self.cos_phi[c] = cp
         if np.isfinite(cp):
+            self.cos_phi[c] = cp
             self.sin_phi[c] = np.sqrt(max(0.0, 1.0 - cp * cp))
         else:
             self.live[c] = False

@@ -122,10 +122,24 @@ def test_long_chain_equals_brute_force(n, d, leaf, zero_frac):
     """The pruned search (small leaves to force pruning) gives the brute-force scan's order."""
     x = torch.randn(1, n, d, dtype=torch.float64)
     x[0, torch.rand(n) < zero_frac] = 0
-    x[0, 5] = x[0, 17]  # a duplicate: exact tie
     ref = P.greedy_chain(x)[0]  # n <= LONG_CHAIN: brute force
     got = P._long_greedy_chain(P._unit_rows(x)[0].numpy(), leaf)
     assert got.tolist() == ref.tolist(), first_difference(got, ref)
+
+
+def test_long_chain_exact_ties_go_to_the_lowest_index():
+    """Scaled signed basis vectors: every similarity is exactly -1, 0 or 1 in any summation order."""
+    g = torch.Generator().manual_seed(4)
+    n = 1500
+    x = torch.eye(9, dtype=torch.float64)[torch.randint(0, 9, (n,), generator=g)]
+    x *= torch.randint(1, 4, (n, 1), generator=g) * (torch.randint(0, 2, (n, 1), generator=g) * 2 - 1)
+    x[torch.rand(n, generator=g) < 0.05] = 0
+    ref = chain_reference(x[:300].tolist())  # the plain Python chain on a prefix
+    assert P.greedy_chain(x[None, :300])[0].tolist() == ref
+    assert P._long_greedy_chain(P._unit_rows(x[None, :300])[0].numpy(), 8).tolist() == ref
+    brute = P.greedy_chain(x[None])[0]
+    got = P._long_greedy_chain(P._unit_rows(x[None])[0].numpy(), 8)
+    assert got.tolist() == brute.tolist(), first_difference(got, brute)
 
 
 def test_long_chain_of_zeros_and_a_few_kernels():
