@@ -92,7 +92,8 @@ class NeRN(nn.Module):
                 norms: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``{conv_name + '.weight': tensor}`` for ``torch.func.functional_call``, differentiable through
         the weight mini-batch chosen by ``method`` (see nernfast.batching)."""
-        g = generator or torch.Generator().manual_seed(torch.seed() % 2**63)
+        # Seeded from the global RNG (not torch.seed(), which would reseed it at random).
+        g = generator or torch.Generator().manual_seed(int(torch.randint(2**62, ()).item()))
         idx = sample_rows(method, self.plan.num_rows, batch_size, g, norms)
         return {f"{n}.weight": w for n, w in zip(self.plan.names, self.layer_weights(idx))}
 
