@@ -9,3 +9,17 @@ import torch
 # is defined (at import of nernfast.kernels.*): set it before any test module imports them.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same global RNG state (tests that draw a seed per run use their own)."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One permutation cache per test module: models rebuilt with the same seed reuse it."""
+    return tmp_path_factory.mktemp("perm-cache")

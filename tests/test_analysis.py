@@ -18,11 +18,6 @@ from nernfast.analysis.weights import load_weights, recon_l2, relative_l2
 from nernfast.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def _with_singular_values(s: list[float], rows: int, cols: int) -> torch.Tensor:
     u, _ = torch.linalg.qr(torch.randn(rows, rows, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(cols, cols, dtype=torch.float64))

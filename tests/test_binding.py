@@ -12,11 +12,6 @@ from nernfast.binding import bind_flat, flat_of, is_bound
 from nernfast.ops.scatter import rows_to_flat_reference
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 @pytest.fixture(scope="module", params=["resnet20", "resnet20b"])
 def pair(request):
     """A small CIFAR ResNet (option A: uniform 3x3 plan; option B: 1x1 shortcuts, non-uniform) and its NeRN."""

@@ -9,11 +9,6 @@ import torch
 from nernfast.encoding import BasicEncoding, FFNEncoding, build_encoding
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def basic_reference(coords: torch.Tensor, levels: int, base: float) -> torch.Tensor:
     """Row by row: for coordinate c, level j: [.., sin(p base^j pi), cos(p base^j pi), ..] at c*2L + 2j."""
     rows = []

@@ -9,11 +9,6 @@ import torch
 from nernfast.losses import feature_map_loss, kd_loss, reconstruction_loss
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def layers():
     shapes = [(3, 2, 3, 3), (5, 3, 1, 1), (4, 5, 3, 3)]
     return [torch.randn(s, dtype=torch.float64) for s in shapes], [torch.randn(s, dtype=torch.float64) for s in shapes]

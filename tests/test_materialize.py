@@ -13,16 +13,6 @@ from nernfast.models import build_model
 from nernfast.nern import NeRN
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("perm-cache")
-
-
 class Mixed(nn.Module):
     """K = 5 with 3x3, grouped, dilated and 1x1 convs (centre crops of 3 and 1), plus a kept non-square conv."""
 

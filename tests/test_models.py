@@ -12,11 +12,6 @@ from nernfast.models.cifar_resnet import CifarResNet
 CIFAR = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_name_builds_and_runs(name):
     model = build_model(name, num_classes=7, in_channels=3).eval()

@@ -13,11 +13,6 @@ from nernfast.models import build_model
 from nernfast.selection import select_layers
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 # ---- the reference: lists, floats, loops -----------------------------------------------------------
 def chain_reference(vectors: list[list[float]]) -> list[int]:
     """Greedy nearest-neighbour chain on cosine similarity, starting at item 0, first index on ties.

@@ -13,18 +13,6 @@ from nernfast.plan import LayerSpec, WeightPlan, build_plan
 from nernfast.selection import PlanError, select_layers
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One permutation cache for the module: the models are rebuilt with the same seed."""
-    return tmp_path_factory.mktemp("perm-cache")
-
-
-
 class Mixed(nn.Module):
     """Odd shapes: 5x5, 3x3, grouped, 1x1."""
 

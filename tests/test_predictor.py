@@ -10,16 +10,6 @@ from nernfast.nern import NeRN
 from nernfast.predictor import Predictor
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("perm-cache")
-
-
 @pytest.mark.parametrize("name,hidden,params,predicted,cr", [
     ("resnet20", 140, 94_229, 267_696, 0.35),   # the paper's "Hidden 140 (CR 35%)"
     ("resnet20", 180, 142_749, 267_696, 0.53),  # "Hidden 180 (CR 53%)"

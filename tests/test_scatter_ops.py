@@ -32,11 +32,6 @@ LAYOUTS = {
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def make_plan(K: int, ks: list[int], seed: int = 0, permuted: bool = True) -> WeightPlan:
     g = torch.Generator().manual_seed(seed)
     layers = []
