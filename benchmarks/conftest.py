@@ -26,7 +26,7 @@ import cases  # noqa: E402
 
 # Timed rounds per case (after one warm-up round). Chosen so `make bench` stays under 10 minutes
 # on the 2-core CI machine (ResNet-56 steps take 1-5 s each); the table flags medians of < 5 rounds.
-ROUNDS = {"resnet20-h16": 1, "resnet20-h140": 5, "resnet56-h320": 3, "resnet56-h680": 3}
+ROUNDS = {"resnet20-h16": 1, "resnet20-h140": 5, "resnet56-h320": 3, "resnet56-h680": 2}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -18,7 +18,8 @@ predictions take one class (or whose accuracy is within 2 points of chance) is m
 and the rule is then reported as not established rather than met. As a per-step measure that does
 not depend on the run learning, the script also compares the phase-2 gradients themselves: from the
 phase-1 predictor, on ``--grad-batches`` training batches, the cosine similarity and the relative
-norm difference of the predictor gradient of the phase-2 loss under each setting against float32.
+norm difference of the predictor gradient of the phase-2 distillation terms (lambda L_rec left out:
+it is computed outside autocast either way) under each setting against float32's.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def gradient_agreement(ctx, nern, target, phase, distill, shell, settings, batch
             xx = x.contiguous(memory_format=fmt)
             src = distill.to(memory_format=fmt)
             nern.predictor.zero_grad(set_to_none=True)
-            loss, _ = data_loss(nern, idx, shell, xx, target, src, phase.recon_loss, phase.recon_weight,
+            loss, _ = data_loss(nern, idx, shell, xx, target, src, phase.recon_loss, 0.0,
                                 phase.fmd_weight, phase.kd_weight, phase.kd_loss, phase.temperature,
                                 torch.bfloat16 if precision == "bf16" else None)
             loss.backward()

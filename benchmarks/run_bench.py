@@ -119,8 +119,23 @@ def _case_order(case: str) -> tuple:
     return (list(SHAPES).index(shape) if shape in SHAPES else 99, kinds.index(family) if family in kinds else 99)
 
 
+def precision_verdict(path: Path = HERE / "precision_effect.json") -> str:
+    """Whether bf16 may count for the distillation target (benchmarks/precision_effect.py's verdicts)."""
+    try:
+        verdicts = json.loads(path.read_text())["verdicts"]
+    except (OSError, ValueError, KeyError):
+        return "unchecked (no benchmarks/precision_effect.json)"
+    plain = [v for v in verdicts if v["setting"] == "bf16"]
+    if plain and all(v["verdict"] == "allowed" for v in plain):
+        return "allowed"
+    return "; ".join(f"{v['recipe']}: {v['verdict']}" for v in plain) or "unchecked"
+
+
 def check_targets(variants: dict[tuple[str, str], dict], device: str = "cpu") -> list[dict]:
+    """Each target's best candidate and ratio; a bf16 candidate of a data step only counts as met where
+    the precision check allowed bf16 (CPU: benchmarks/precision_effect.json)."""
     out = []
+    verdict = None
     for case, base, cands, need, note in (GPU_TARGETS if device.startswith("cuda") else CPU_TARGETS):
         b = variants.get((case, base))
         got = [(variants[(case, c)]["median_ms"], c) for c in cands if (case, c) in variants]
@@ -128,8 +143,13 @@ def check_targets(variants: dict[tuple[str, str], dict], device: str = "cpu") ->
             continue
         ms, cand = min(got)
         ratio = b["median_ms"] / ms
-        out.append({"target": note, "case": case, "baseline": base, "candidate": cand, "required": need,
-                    "speedup": round(ratio, 2), "met": ratio >= need})
+        row = {"target": note, "case": case, "baseline": base, "candidate": cand, "required": need,
+               "speedup": round(ratio, 2), "met": ratio >= need}
+        if "bf16" in cand and case.startswith("step-") and not device.startswith("cuda"):
+            verdict = verdict or precision_verdict()
+            row["precision"] = verdict
+            row["met"] = row["met"] and verdict == "allowed"
+        out.append(row)
     return out
 
 
@@ -152,8 +172,9 @@ def table(results: list[dict], variants: dict[tuple[str, str], dict], targets: l
     if targets:
         lines.append("targets (this machine, this run):")
         for t in targets:
+            extra = f"; bf16 precision: {t['precision']}" if "precision" in t else ""
             lines.append(f"  [{'met' if t['met'] else 'MISSED':>6}] {t['target']}: {t['candidate']} "
-                         f"{t['speedup']:.2f}x (need {t['required']}x) on {t['case']}")
+                         f"{t['speedup']:.2f}x (need {t['required']}x) on {t['case']}{extra}")
     lines.append("* fewer than 5 rounds. 'vs ref' = reference median / this median (same run).")
     return "\n".join(lines)
 
@@ -179,8 +200,10 @@ def markdown(res: dict) -> str:
     if res.get("targets"):
         lines += ["", "| target | candidate | measured | verdict |", "|---|---|---|---|"]
         for t in res["targets"]:
-            lines.append(f"| {t['target']} ({t['case']}) | {t['candidate']} | {t['speedup']:.2f}× | "
-                         f"{'met' if t['met'] else '**missed**'} |")
+            verdict = "met" if t["met"] else "**missed**"
+            if "precision" in t:
+                verdict += f" (bf16 precision check: {t['precision']})"
+            lines.append(f"| {t['target']} ({t['case']}) | {t['candidate']} | {t['speedup']:.2f}× | {verdict} |")
     return "\n".join(lines)
 
 
@@ -209,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render", metavar="RESULTS_JSON", help="only print the markdown tables of an existing results file")
     args = p.parse_args(argv)
     if args.render:
-        print(markdown(json.loads(Path(args.render).read_text())))
+        res = json.loads(Path(args.render).read_text())
+        device = "cuda" if res.get("device", "cpu") != "cpu" else "cpu"
+        res["targets"] = check_targets({(v["case"], v["variant"]): v for v in res["variants"]}, device)
+        print(markdown(res))
         return 0
 
     import pytest
