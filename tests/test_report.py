@@ -7,6 +7,7 @@ import random
 import pytest
 
 from nernfast import report
+from nernfast.config import resolve
 from nernfast.analysis import stats
 
 N_TEST = 40
@@ -84,10 +85,13 @@ def test_grid_dependencies_and_scaled_steps():
     assert jobs["prog-c1-r2"].original_job == "recon-h280-s1" and jobs["prog-c1-r3"].deps == ["prog-c1-r2"]
     assert jobs["recon-h280-s1"].round == 1 and "prog-c0-r1" not in jobs
     assert sum(j.kind == "kdstudent" for j in jobs.values()) == 2
+    # Scaled from the shipped recipe YAMLs, whatever their step counts are.
+    dec, base = resolve("decoupled"), resolve("baseline")
     sets = report.scaled_sets("decoupled", 0.1, None, zero_phase1=True)
-    assert "phase1.steps=0" in sets and "phase2.steps=30" in sets
+    assert "phase1.steps=0" in sets and f"phase2.steps={round(0.1 * dec.phase2.steps)}" in sets
     sets = report.scaled_sets("baseline", 0.1, None)
-    assert "phase1.steps=150" in sets and "phase1.warmup_steps=100" in sets
+    assert f"phase1.steps={round(0.1 * base.phase1.steps)}" in sets
+    assert f"phase1.warmup_steps={round(0.1 * base.phase1.warmup_steps)}" in sets
 
 
 def test_settings_mismatch_is_refused(tmp_path, capsys):
