@@ -38,7 +38,7 @@ class NeRN(nn.Module):
 
     @classmethod
     def from_model(cls, model: nn.Module, hidden: int, num_blocks: int = 5, permutation: str = "infilter",
-                   normalization: str = "local", encoding: str = "basic", levels: int = 40, base: float = 0.76,
+                   normalization: str = "none", encoding: str = "basic", levels: int = 40, base: float = 0.76,
                    ffn_features: int = 120, ffn_sigma: float = 1.0, ffn_seed: int = 0, init: str = "default",
                    kernel_size: int | None = None, include: Sequence[str] | None = None,
                    exclude: Sequence[str] | None = None, smaller_kernels: bool | None = None,

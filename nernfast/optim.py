@@ -2,12 +2,14 @@
 and the optimiser/schedule factory used by the trainer."""
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 
 OPTIMIZERS = ("ranger", "radam", "adam", "adamw")
+SCHEDULES = ("cosine", "constant")
 
 
 class Ranger(torch.optim.RAdam):
@@ -85,3 +87,23 @@ def build_optimizer(params: Iterable, name: str = "ranger", lr: float = 5e-3, we
 def cosine_schedule(opt: torch.optim.Optimizer, total_steps: int, min_lr_ratio: float = 0.0) -> LRScheduler:
     base = opt.param_groups[0]["lr"]
     return CosineAnnealingLR(opt, T_max=max(1, total_steps), eta_min=base * min_lr_ratio)
+
+
+def build_schedule(opt: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int = 0) -> LRScheduler:
+    """``cosine`` (to 0 at ``total_steps``) or ``constant``, after ``warmup_steps`` of linear warm-up.
+
+    The warm-up matters for distillation from a poor start: Adam's first updates are ~lr in every
+    parameter at once, and a KD gradient that only says "less confident" then drives the whole
+    frozen-BatchNorm network into dead ReLUs, where every gradient is exactly zero."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
+    w, n = max(0, warmup_steps), max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        if kind == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(step - w, n - w) / max(1, n - w)))
+
+    return LambdaLR(opt, factor)

@@ -220,7 +220,7 @@ def _weight_shape(conv: nn.Conv2d) -> tuple[int, ...]:
     return tuple(conv.weight.shape)
 
 
-def build_plan(model: nn.Module, permutation: str = "infilter", normalization: str = "local",
+def build_plan(model: nn.Module, permutation: str = "infilter", normalization: str = "none",
                kernel_size: int | None = None, include: Sequence[str] | None = None,
                exclude: Sequence[str] | None = None, smaller_kernels: bool | None = None,
                cache_dir: str | Path | None = None) -> WeightPlan:

@@ -21,9 +21,11 @@ Scales multiply every phase's steps, warm-up, evaluation and checkpoint interval
 scale  steps x     seeds  rounds  meant for
 =====  ==========  =====  ======  =======================================================
 smoke  0.02        1      2       checking the pipeline end to end (minutes)
-small  0.1         3      3       the committed report: ~40 min on a shared 2-core CPU
-                                   with ``--seeds-t3 1 --jobs 2``
-full   1           3      3       the recipes' own lengths (hours on a CPU; a GPU)
+small  0.1         3      3       a quick look (~15 min on 2 cores); too short to reach the
+                                   recipes' results
+medium 0.5         3      3       the committed report: ~35 min on an idle 2-core CPU with
+                                   ``--seeds-t3 1 --jobs 2``
+full   1           3      3       the recipes' own lengths (~1.5 h on 2 cores; a GPU)
 =====  ==========  =====  ======  =======================================================
 
 Every finished run leaves ``RAW/jobs/<id>.json`` (config, stage summaries, sizes, the final
@@ -50,6 +52,7 @@ from typing import Any, Callable
 SCALES: dict[str, dict[str, Any]] = {
     "smoke": {"mult": 0.02, "seeds": 1, "rounds": 2, "kd_epochs_mult": 0.05},
     "small": {"mult": 0.1, "seeds": 3, "rounds": 3, "kd_epochs_mult": 1.0},
+    "medium": {"mult": 0.5, "seeds": 3, "rounds": 3, "kd_epochs_mult": 1.0},
     "full": {"mult": 1.0, "seeds": 3, "rounds": 3, "kd_epochs_mult": 1.0},
 }
 DEFAULT_SIZES = (100, 140, 280)
@@ -154,6 +157,7 @@ def scaled_sets(recipe: str, mult: float, config: str | None, zero_phase1: bool 
         p = getattr(base, ph)
         steps = 0 if (ph == "phase1" and zero_phase1) else max(1, round(p.steps * mult))
         sets += [f"{ph}.steps={steps}", f"{ph}.warmup_steps={min(steps, round(p.warmup_steps * mult))}",
+                 f"{ph}.lr_warmup_steps={min(steps, round(p.lr_warmup_steps * mult))}",
                  f"{ph}.eval_every={max(1, round(p.eval_every * mult))}",
                  f"{ph}.checkpoint_every={max(1, round(p.checkpoint_every * mult))}"]
     return sets

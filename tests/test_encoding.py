@@ -101,3 +101,21 @@ def test_build_encoding_choices():
     assert isinstance(build_encoding("ffn", ffn_features=8), FFNEncoding)
     with pytest.raises(ValueError, match="unknown encoding"):
         build_encoding("siren")
+
+
+def test_default_encoding_separates_the_rows_of_a_resnet():
+    """The shipped defaults (base 0.76, 40 levels, raw integer coordinates as the public reference
+    feeds them) must give features that vary across rows. With coordinates scaled into [0, 1] the
+    same encoding is nearly constant (median feature std ~1e-3 over a ResNet-20's rows) and the
+    predictor cannot fit the weights at all; this guards the default against that regression."""
+    from nernfast.config import NeRNConfig
+    from nernfast.models import build_model
+    from nernfast.plan import build_plan
+
+    cfg = NeRNConfig()
+    plan = build_plan(build_model("resnet20", 10, 3), "none", cfg.normalization)
+    enc = build_encoding(cfg.encoding, cfg.levels, cfg.base)(plan.coords)
+    assert float(enc.std(0).median()) > 0.05
+    squashed = build_encoding(cfg.encoding, cfg.levels, cfg.base)(build_plan(build_model("resnet20", 10, 3),
+                                                                               "none", "local").coords)
+    assert float(squashed.std(0).median()) < 0.01  # the failure mode the default avoids

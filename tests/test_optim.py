@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nernfast.optim import Ranger, build_optimizer, cosine_schedule
+from nernfast.optim import Ranger, build_optimizer, build_schedule, cosine_schedule
 
 
 def problem(seed=0):
@@ -165,3 +165,25 @@ def test_cosine_schedule():
     lrs.append(opt.param_groups[0]["lr"])
     want = [0.02 + (0.2 - 0.02) * (1 + math.cos(math.pi * t / 10)) / 2 for t in range(11)]
     assert lrs == pytest.approx(want, rel=1e-9)
+
+
+def test_build_schedule_warmup_then_cosine_and_constant():
+    def lrs(kind: str, total: int, warm: int) -> list[float]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = build_schedule(opt, kind, total, warm)
+        out = []
+        for _ in range(total):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    got = lrs("cosine", 10, 4)
+    assert got[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    want_tail = [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(5)]  # cosine from the peak
+    assert got[4:9] == pytest.approx(want_tail)
+    assert all(a >= b for a, b in zip(got[3:], got[4:]))        # monotone after the warm-up
+    assert lrs("constant", 6, 2) == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 1.0])
+    assert lrs("cosine", 5, 0)[0] == 1.0                          # no warm-up: starts at the base lr
+    with pytest.raises(ValueError, match="unknown schedule"):
+        build_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "step", 5)

@@ -17,6 +17,7 @@ TINY = [
     "nern.hidden=16", "phase1.steps=12", "phase1.eval_every=6", "phase1.checkpoint_every=4",
     "phase1.weights_batch_size=512", "phase1.warmup_steps=6", "phase1.batch_size=32",
     "phase2.steps=6", "phase2.eval_every=3", "phase2.checkpoint_every=2", "phase2.batch_size=32",
+    "phase2.lr_warmup_steps=2",
     "phase2.weights_batch_size=512", "progressive.rounds=2", "progressive.seeds=1",
     "eval.ood=false", "eval.attacks=false", "eval.batch_size=512",
 ]

@@ -14,13 +14,12 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-from torch.optim.lr_scheduler import LambdaLR
 
 from ..batching import sample_rows
 from ..config import PhaseConfig
 from ..losses import kd_loss
 from ..nern import NeRN
-from ..optim import build_optimizer, cosine_schedule
+from ..optim import build_optimizer, build_schedule
 from .objectives import ReconTarget, data_loss
 from .streams import DatasetStream, NoiseStream
 
@@ -52,8 +51,7 @@ def run_phase(ctx: Any, nern: NeRN, target: ReconTarget, phase: PhaseConfig, sta
     if data_phase and distill is None:
         raise ValueError(f"phase {phase.name}: distillation needs a network to distil from")
     opt = build_optimizer(nern.predictor.parameters(), phase.optimizer, phase.lr, phase.weight_decay)
-    sched = (cosine_schedule(opt, phase.steps) if phase.schedule == "cosine"
-             else LambdaLR(opt, lambda _s: 1.0))
+    sched = build_schedule(opt, phase.schedule, phase.steps, phase.lr_warmup_steps)
     gen = torch.Generator().manual_seed(seed)
     stream: DatasetStream | NoiseStream | None = None
     if phase.data == "dataset":
