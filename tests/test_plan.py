@@ -110,7 +110,7 @@ def test_meta_round_trip_and_hash(cache):
     assert WeightPlan.from_meta({**meta, "normalization": "global"}, plan.perm).hash != plan.hash
     assert build_plan(model, "crossfilter", cache_dir=tmp_path, include=[r"layer1\..*"]).hash != build_plan(
         model, "none", cache_dir=tmp_path, include=[r"layer1\..*"]).hash
-    assert build_plan(model, "infilter", cache_dir=tmp_path, exclude=["conv1"]).hash == plan.hash
+    assert build_plan(model, "infilter", "local", cache_dir=tmp_path, exclude=["conv1"]).hash == plan.hash
     assert build_plan(model, "infilter", cache_dir=tmp_path).hash != plan.hash
 
 
