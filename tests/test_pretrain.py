@@ -81,12 +81,11 @@ def test_lr_schedule():
 def test_ensure_pretrained_caches(tmp_path, monkeypatch):
     calls = []
 
-    def fake_pretrain(model_name, dataset, epochs, out, *a, **k):
+    def fake_train(model_name, dataset, out, epochs=None, **k):
         calls.append((model_name, dataset, epochs))
         torch.save({"model": model_name, "state_dict": {}, "metrics": {"test_accuracy": 1.0}}, out)
-        return {}
 
-    monkeypatch.setattr(pt, "pretrain", fake_pretrain)
+    monkeypatch.setattr(pt, "train_checkpoint", fake_train)
     monkeypatch.setenv("NERNFAST_CACHE", str(tmp_path / "cache"))
     p1 = pt.ensure_pretrained("resnet20", "digits")
     p2 = pt.ensure_pretrained("resnet20", "digits")
@@ -99,3 +98,20 @@ def test_ensure_pretrained_caches(tmp_path, monkeypatch):
     assert set(pt.DEFAULT_TEACHER) == set(pt.RECIPES) and pt.DEFAULT_TEACHER["digits"] != "resnet20"
     assert pt.recipe_for("digits", "resnet56").lr == 0.05 and pt.recipe_for("digits", "resnet20").lr == 0.1
     assert pt.cache_path("resnet56", "digits").name != pt.cache_path("resnet56", "digits", epochs=3).name
+
+
+def test_pretraining_on_the_cpu_is_pinned_and_repeats_bit_for_bit(tmp_path):
+    """The CLI reruns itself with the pinned numerics (nernfast.numerics), the way the cache trains
+    (run_pinned): both give the same weights, and the checkpoint says what decided its numerics."""
+    import subprocess
+    import sys
+    from nernfast import numerics
+    args = ["-m", "nernfast.pretrain", "--model", "resnet20", "--dataset", "digits", "--max-steps", "4",
+            "--no-progress", "--device", "cpu", "--out"]
+    subprocess.run([sys.executable, *args, str(tmp_path / "cli.pt")], check=True, capture_output=True)
+    assert numerics.run_pinned([*args, str(tmp_path / "cache.pt")]) == 0
+    a, b = (torch.load(tmp_path / f, weights_only=True) for f in ("cli.pt", "cache.pt"))
+    assert a["numerics"]["pinned"] and a["numerics"]["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert a["numerics"]["threads"] == 1 and a["numerics"]["cpu_capability"] == "AVX2"
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
