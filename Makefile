@@ -5,7 +5,7 @@ VPY       := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 STAMP     := $(VENV)/.nernfast-installed
 
-.PHONY: demo test bench check-cuda ctest setup clean
+.PHONY: demo test bench data check-cuda ctest setup clean
 
 $(VENV)/.deps: Makefile pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -19,6 +19,15 @@ $(STAMP): $(VENV)/.deps setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu)
 	touch $@
 
 setup: $(STAMP)
+
+# Fashion-MNIST, the real workload: Debian's dataset-fashion-mnist (30 MB of IDX .gz files in
+# /usr/share/datasets/fashion-mnist, where nernfast looks when no --data-root is given).
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+data:
+	@if [ -f $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz ]; then echo "data: Fashion-MNIST is installed in $(FMNIST_DIR)"; \
+	else echo "data: Fashion-MNIST missing: installing Debian's dataset-fashion-mnist with apt-get"; \
+	  $(SUDO) apt-get install -y -q dataset-fashion-mnist || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }; fi
 
 demo: $(STAMP)
 	$(VPY) -m nernfast.train --recipe teacher_decoupled

@@ -6,7 +6,8 @@ name           read from (under ``data_root``)            normalisation (mean / 
 digits         scikit-learn's bundled copy (no files)     0.3053 / 0.3760                 none (see below)
 mnist          4 IDX files in ``MNIST/raw/``, ``mnist/``,  0.1307 / 0.3081                 shift +-2 px
                ``mnist/raw/``, ``MNIST/`` or the root
-fashion-mnist  same, ``fashion-mnist/``, ``FashionMNIST/``  0.2860 / 0.3530                 shift +-2 px
+fashion-mnist  same, ``fashion-mnist/``, ``FashionMNIST/``  0.2860 / 0.3530                 shift +-2 px,
+                                                                                          h-flip
 kmnist         same, ``kmnist/``, ``KMNIST/raw/`` ...     0.1918 / 0.3483                 shift +-2 px
 cifar10        ``cifar-10-batches-py/``                   (0.4914, 0.4822, 0.4465) /      shift +-4 px,
                                                           (0.2470, 0.2435, 0.2616)        h-flip
@@ -18,7 +19,9 @@ imagenet       ``imagenet/{train,val}/<wnid>/`` or root   (0.485, 0.456, 0.406) 
                                                           (0.229, 0.224, 0.225)           Crop, h-flip
 =============  =========================================  ==============================  ===============
 
-``data_root`` defaults to ``$NERNFAST_DATA`` or ``./data``. The validation split is a seeded
+``data_root`` defaults to ``$NERNFAST_DATA`` or ``./data``; for the MNIST family, when neither holds
+the files, Debian's dataset packages' directory ``/usr/share/datasets`` is tried too (``make data``
+installs ``dataset-fashion-mnist`` there). The validation split is a seeded
 random ``val_fraction`` of the training set (``seed`` picks it); the test split is the dataset's
 own (digits: a fixed stratified 20 % of each class = 359 images, numpy ``RandomState(0)``,
 independent of ``seed``: see :func:`digits_test_indices`; 1294 train / 144 val remain). Input
@@ -58,7 +61,9 @@ class Spec:
 SPECS: dict[str, Spec] = {
     "digits": Spec(10, 1, 8, (0.3053,), (0.3760,), None),
     "mnist": Spec(10, 1, 28, (0.1307,), (0.3081,), Augment(pad=2)),
-    "fashion-mnist": Spec(10, 1, 28, (0.2860,), (0.3530,), Augment(pad=2)),
+    # Flips as well as shifts: every Fashion-MNIST class keeps its label when mirrored (the usual
+    # augmentation for it; not ablated here).
+    "fashion-mnist": Spec(10, 1, 28, (0.2860,), (0.3530,), Augment(pad=2, hflip=True)),
     "kmnist": Spec(10, 1, 28, (0.1918,), (0.3483,), Augment(pad=2)),
     "cifar10": Spec(10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), Augment(pad=4, hflip=True)),
     "cifar100": Spec(100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), Augment(pad=4, hflip=True)),
@@ -83,6 +88,19 @@ def canonical_name(name: str) -> str:
 
 def default_data_root() -> Path:
     return Path(os.environ.get("NERNFAST_DATA", "data"))
+
+
+SYSTEM_DATASETS = Path("/usr/share/datasets")  # Debian's dataset-* packages
+
+
+def _idx_root(key: str, root: Path, explicit: bool) -> Path:
+    """``root``, or Debian's dataset directory when no root was given and only it has the files."""
+    def has(r: Path) -> bool:
+        return any((d / f"{readers.IDX_FILES[0]}{ext}").is_file()
+                   for d in readers.idx_candidates(key, r) for ext in ("", ".gz"))
+    if not explicit and not has(root) and has(SYSTEM_DATASETS):
+        return SYSTEM_DATASETS
+    return root
 
 
 def _val_carve(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +191,7 @@ def get_dataset(name: str, data_root: str | os.PathLike | None = None, seed: int
         images, labels, train_idx, test_idx, scale, classes, source = _load_digits()
     else:
         if key in ("mnist", "fashion-mnist", "kmnist"):
-            trx, try_, tex, tey, d = readers.read_idx_dataset(key, root)
+            trx, try_, tex, tey, d = readers.read_idx_dataset(key, _idx_root(key, root, data_root is not None))
             trx, tex, classes = trx[:, None], tex[:, None], None
         elif key in ("cifar10", "cifar100"):
             trx, try_, tex, tey, classes, d = readers.read_cifar(key, root)
