@@ -6,6 +6,7 @@ import re
 import torch.nn as nn
 
 from .cifar_resnet import BasicBlock, CifarResNet, cifar_resnet
+from .ensemble import Ensemble
 from .features import collect_features, feature_modules
 from .imagenet_resnet import cifar_stem_resnet18, cifar_stem_resnet50, imagenet_resnet
 
@@ -37,6 +38,6 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
 
 
 __all__ = [
-    "BasicBlock", "CifarResNet", "MODEL_NAMES", "build_model", "cifar_resnet", "cifar_stem_resnet18",
+    "BasicBlock", "CifarResNet", "Ensemble", "MODEL_NAMES", "build_model", "cifar_resnet", "cifar_stem_resnet18",
     "cifar_stem_resnet50", "collect_features", "feature_modules", "imagenet_resnet",
 ]
