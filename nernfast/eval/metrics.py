@@ -18,7 +18,7 @@ eps 0.05 / 0.1 / 0.2 and 56.8 % I-FGSM accuracy at eps 0.1.
 from __future__ import annotations
 
 import time
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -67,18 +67,33 @@ def evaluate_model(model: nn.Module, bundle: DataBundle, device: str | torch.dev
                    batch_size: int = 256, fgsm_eps: Optional[Sequence[float]] = None,
                    ifgsm_eps: Optional[float] = None, ifgsm_steps: Optional[int] = None, ood: bool = True,
                    ood_root=None, max_batches: Optional[int] = None, ifgsm_alpha: Optional[float] = None,
-                   seed: int = 0, attacks: bool = True) -> dict:
+                   seed: int = 0, attacks: bool = True, log: Optional[Callable[[str], None]] = None) -> dict:
     """Every figure of the paper's evaluation for ``model`` on ``bundle``'s ``split``, with the
     settings used. Keys: accuracy, loss, fgsm_accuracy (at the first eps), fgsm {eps: acc},
-    ifgsm_accuracy, ood_accuracy, ood {source, per_corruption, ...}, settings, seconds."""
+    ifgsm_accuracy, ood_accuracy, ood {source, per_corruption, ...}, settings, seconds.
+    ``log`` receives one line per figure as it is measured (progress for long evaluations)."""
     with cpu_threads_for(bundle, device):
         return _evaluate(model, bundle, device, split, batch_size, fgsm_eps, ifgsm_eps, ifgsm_steps, ifgsm_alpha,
-                         ood, ood_root, max_batches, seed, attacks)
+                         ood, ood_root, max_batches, seed, attacks, log)
+
+
+class _Timed:
+    """Emits 'what: figure (seconds)' lines through ``log``."""
+
+    def __init__(self, log: Optional[Callable[[str], None]]):
+        self.log, self.t = log, time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        now = time.perf_counter()
+        if self.log is not None:
+            self.log(f"{what} ({now - self.t:.0f} s)")
+        self.t = now
 
 
 def _evaluate(model, bundle, device, split, batch_size, fgsm_eps, ifgsm_eps, ifgsm_steps, ifgsm_alpha, ood,
-              ood_root, max_batches, seed, attacks) -> dict:
+              ood_root, max_batches, seed, attacks, log=None) -> dict:
     t0 = time.perf_counter()
+    say = _Timed(log)
     model = model.to(device)
     d = attack_defaults(bundle.name)
     fgsm_eps = tuple(float(e) for e in (d["fgsm_eps"] if fgsm_eps is None else
@@ -93,16 +108,22 @@ def _evaluate(model, bundle, device, split, batch_size, fgsm_eps, ifgsm_eps, ifg
     if max_batches is not None:
         n = min(n, max_batches * batch_size)
     acc, loss = accuracy(model, loader(), device, max_batches)
+    say(f"accuracy {100 * acc:.2f} % on {n} {split} images")
     res: dict = {"dataset": bundle.name, "split": split, "num_examples": n, "accuracy": acc, "loss": loss}
     if attacks:
-        res["fgsm"] = {f"{e:.6g}": fgsm_accuracy(model, loader(), e, bundle.mean, bundle.std, device, max_batches)
-                       for e in fgsm_eps}
+        res["fgsm"] = {}
+        for e in fgsm_eps:
+            res["fgsm"][f"{e:.6g}"] = a = fgsm_accuracy(model, loader(), e, bundle.mean, bundle.std, device, max_batches)
+            say(f"FGSM eps={e:.6g}: {100 * a:.2f} %")
         res["fgsm_accuracy"] = res["fgsm"][f"{fgsm_eps[0]:.6g}"] if fgsm_eps else None
         res["ifgsm_accuracy"] = ifgsm_accuracy(model, loader(), ifgsm_eps, bundle.mean, bundle.std, ifgsm_steps,
                                                ifgsm_alpha, device, max_batches)
+        say(f"I-FGSM eps={ifgsm_eps:.6g}, {ifgsm_steps} steps: {100 * res['ifgsm_accuracy']:.2f} %")
     if ood:
-        res["ood"] = ood_accuracy(model, bundle, device, ood_root, batch_size, max_batches, seed, split)
+        res["ood"] = ood_accuracy(model, bundle, device, ood_root, batch_size, max_batches, seed, split,
+                                  log=say if log is not None else None)
         res["ood_accuracy"] = res["ood"]["accuracy"]
+        say(f"OOD ({res['ood']['source']}): {100 * res['ood_accuracy']:.2f} %")
     res["settings"] = {
         "split": split, "batch_size": batch_size, "max_batches": max_batches, "seed": seed,
         "fgsm_eps": list(fgsm_eps) if attacks else None, "ifgsm_eps": ifgsm_eps if attacks else None,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -96,10 +96,11 @@ def _summary(source: str, table: dict[str, dict[int, float]], **extra) -> dict:
 def builtin_corruption_accuracy(model: nn.Module, bundle: DataBundle, device="cpu", split: str = "test",
                                 batch_size: int = 256, max_batches: Optional[int] = None, seed: int = 0,
                                 corruptions: Optional[Sequence[str]] = None,
-                                severities: Sequence[int] = SEVERITIES) -> dict:
+                                severities: Sequence[int] = SEVERITIES,
+                                log: Optional[Callable[[str], None]] = None) -> dict:
     names = list(corruptions or CORRUPTIONS)
     table: dict[str, dict[int, float]] = {}
-    for name in names:
+    for i, name in enumerate(names):
         table[name] = {}
         for s in severities:
             gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()) % 100_000 * 10 + s)
@@ -111,14 +112,18 @@ def builtin_corruption_accuracy(model: nn.Module, bundle: DataBundle, device="cp
 
             c, t = _count(model, batches(), device)
             table[name][s] = c / max(t, 1)
+        if log is not None:
+            log(f"corruption {i + 1}/{len(names)} {name} (severities {', '.join(map(str, severities))}): "
+                f"{100 * float(np.mean(list(table[name].values()))):.2f} %")
     return _summary("builtin-corruptions", table, split=split, seed=seed)
 
 
 def cifar_c_accuracy(model: nn.Module, bundle: DataBundle, directory: Path, device="cpu", batch_size: int = 256,
-                     max_batches: Optional[int] = None, severities: Sequence[int] = SEVERITIES) -> dict:
+                     max_batches: Optional[int] = None, severities: Sequence[int] = SEVERITIES,
+                     log: Optional[Callable[[str], None]] = None) -> dict:
     labels = np.load(directory / "labels.npy")
     table: dict[str, dict[int, float]] = {}
-    for name in CIFAR_C_CORRUPTIONS:
+    for i, name in enumerate(CIFAR_C_CORRUPTIONS):
         arr = np.load(directory / f"{name}.npy", mmap_mode="r")
         if arr.ndim != 4 or arr.shape[-1] != 3 or len(arr) != len(labels) or len(arr) % 5:
             raise DatasetError(f"{directory / (name + '.npy')}: expected (5*N, H, W, 3) uint8 matching labels.npy, "
@@ -136,6 +141,9 @@ def cifar_c_accuracy(model: nn.Module, bundle: DataBundle, directory: Path, devi
 
             c, t = _count(model, _limit(batches(), max_batches), device)
             table[name][s] = c / max(t, 1)
+        if log is not None:
+            log(f"{CIFAR_C_DIRS[bundle.name]} {i + 1}/{len(CIFAR_C_CORRUPTIONS)} {name}: "
+                f"{100 * float(np.mean(list(table[name].values()))):.2f} %")
     return _summary(CIFAR_C_DIRS[bundle.name], table, directory=str(directory))
 
 
@@ -160,7 +168,8 @@ def imagenet_r_accuracy(model: nn.Module, bundle: DataBundle, directory: Path, d
 
 
 def ood_accuracy(model: nn.Module, bundle: DataBundle, device="cpu", ood_root=None, batch_size: int = 256,
-                 max_batches: Optional[int] = None, seed: int = 0, split: str = "test") -> dict:
+                 max_batches: Optional[int] = None, seed: int = 0, split: str = "test",
+                 log: Optional[Callable[[str], None]] = None) -> dict:
     """OOD accuracy on the standard set for ``bundle`` when present (see module docs), else on the
     built-in corruption suite. Returns a dict with ``source`` and ``accuracy`` (+ details)."""
     was_training = model.training
@@ -168,9 +177,9 @@ def ood_accuracy(model: nn.Module, bundle: DataBundle, device="cpu", ood_root=No
     try:
         kind, d = find_ood_set(bundle, ood_root)
         if kind == "cifar-c":
-            return cifar_c_accuracy(model, bundle, d, device, batch_size, max_batches)
+            return cifar_c_accuracy(model, bundle, d, device, batch_size, max_batches, log=log)
         if kind == "imagenet-r":
             return imagenet_r_accuracy(model, bundle, d, device, batch_size, max_batches)
-        return builtin_corruption_accuracy(model, bundle, device, split, batch_size, max_batches, seed)
+        return builtin_corruption_accuracy(model, bundle, device, split, batch_size, max_batches, seed, log=log)
     finally:
         model.train(was_training)
