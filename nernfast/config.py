@@ -101,6 +101,7 @@ class RunConfig:
     out: str | None = None
     precision: str = "float32"           # float32 | bf16 (autocast in data-driven phases)
     channels_last: bool = False
+    share_phase1: bool = True            # reuse an identical earlier run's phase 1 (nernfast.training.shared)
     nern: NeRNConfig = field(default_factory=NeRNConfig)
     phase1: PhaseConfig = field(default_factory=lambda: PhaseConfig(name="reconstruction"))
     phase2: PhaseConfig = field(default_factory=lambda: PhaseConfig(name="distillation"))

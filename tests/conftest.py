@@ -13,6 +13,15 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Tests never read or write the user's cache (pretrained networks, shared phase 1, evaluations)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NERNFAST_CACHE", str(tmp_path_factory.mktemp("nernfast-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same global RNG state (tests that draw a seed per run use their own)."""

@@ -20,6 +20,7 @@ TINY = [
     "phase2.lr_warmup_steps=2",
     "phase2.weights_batch_size=512", "progressive.rounds=2", "progressive.seeds=1",
     "eval.ood=false", "eval.attacks=false", "eval.batch_size=512",
+    "share_phase1=false",  # each test runs its own phase 1 (test_phase1_is_shared turns it on)
 ]
 
 
@@ -235,3 +236,18 @@ def test_original_can_be_an_artefact_and_chains(nets, tmp_path):
     assert res["original_source"].startswith("nernfast artefact")
     model = nernfast.load(tmp_path / "b" / "nern.safetensors")  # names its architecture again
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_phase1_is_shared_between_recipes_that_start_alike(nets, tmp_path):
+    """decoupled's phase 1 is reused by teacher_decoupled with the same settings (and only then)."""
+    on = ["share_phase1=true"]
+    a = train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "a", on), progress=False)
+    b = train_cli.run(tiny_cfg("teacher_decoupled", nets, tmp_path / "b", on), progress=False)
+    c = train_cli.run(tiny_cfg("noise_decoupled", nets, tmp_path / "c", on + ["phase1.lr=0.002"]), progress=False)
+    pa, pb, pc = (r["stages"][0] for r in (a, b, c))
+    assert "shared_from" not in pa and pb["shared_from"] and "shared_from" not in pc
+    assert pb["test_acc"] == pa["test_acc"] and pb["recon_l2"] == pa["recon_l2"]
+    assert pc["recon_l2"] != pa["recon_l2"]
+    # The shared phase 1 is the one the run would have computed itself (runs repeat bit for bit).
+    d = train_cli.run(tiny_cfg("teacher_decoupled", nets, tmp_path / "d"), progress=False)
+    assert d["stages"][0]["recon_l2"] == pa["recon_l2"] and d["final"]["accuracy"] == b["final"]["accuracy"]

@@ -20,6 +20,7 @@ from ..nern import NeRN
 from .context import Context
 from .objectives import ReconTarget
 from .phase import copy_frozen, evaluate_val, run_phase
+from .shared import load_shared, phase1_key, store_shared
 from .state import RunState
 
 
@@ -51,8 +52,15 @@ class RecipeRunner:
             return self.ctx.teacher
         return self.ctx.original
 
-    def phase(self, nern: NeRN, target_model: nn.Module, phase: PhaseConfig, stage: str, seed: int) -> dict[str, Any]:
-        """Run (or restore) one phase on ``nern``; the kept predictor ends up in ``nern``."""
+    def phase(self, nern: NeRN, target_model: nn.Module, phase: PhaseConfig, stage: str, seed: int,
+              share_key: str | None = None) -> dict[str, Any]:
+        """Run (or restore) one phase on ``nern``; the kept predictor ends up in ``nern``. With
+        ``share_key``, an identical earlier run's result is reused (nernfast.training.shared)."""
+        if share_key is not None and stage not in self.state.data["done"]:
+            shared = load_shared(share_key)
+            if shared is not None:
+                self.ctx.logger.info(f"{stage}: reusing the identical phase 1 of an earlier run ({share_key})")
+                self.state.data["done"][stage] = {**shared, "shared_from": share_key}
         target = ReconTarget(nern.plan, nern.plan.weights_of(target_model), self.ctx.device)
         shell = copy_frozen(target_model)
         self.ctx.eval_model = copy_frozen(target_model)
@@ -66,6 +74,8 @@ class RecipeRunner:
             return res
 
         result = self.state.stage(stage, run)
+        if share_key is not None and "shared_from" not in result:
+            store_shared(share_key, result)
         nern.predictor.load_state_dict(result["predictor"])
         self.stages.append(result)
         return result
@@ -78,8 +88,10 @@ class RecipeRunner:
             return self.progressive()
         nern = new_nern(cfg, orig, cfg.seed, cfg.init_from)
         p1 = cfg.phase1
-        self.phase(nern, orig, p1, "phase1-" + p1.name, cfg.seed)
-        if cfg.recipe in ("decoupled", "teacher_decoupled", "noise_decoupled"):
+        two_phase = cfg.recipe in ("decoupled", "teacher_decoupled", "noise_decoupled")
+        share = phase1_key(self.ctx) if two_phase and cfg.share_phase1 and self.ctx.world == 1 else None
+        self.phase(nern, orig, p1, "phase1-" + p1.name, cfg.seed, share)
+        if two_phase:
             p2 = cfg.phase2
             self.phase(nern, orig, p2, "phase2-" + p2.name, cfg.seed + 1)
         return nern, orig
