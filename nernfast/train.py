@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from . import numerics
 from .config import RECIPES, ConfigError, RunConfig, resolve, to_dict
 
 
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", help="initialise the predictor from a nernfast artefact or a public NeRN "
                                        "predictor state_dict (same hidden size and encoding)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--eval", choices=("quick", "full"), dest="eval_mode",
+                   help="final evaluation: quick = clean accuracy only, full = + attacks and OOD (default: full)")
     return p
 
 
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                       seed=args.seed, device=args.device, out=args.out, init_from=args.init_from)
         if args.hidden is not None:
             cfg.nern.hidden = args.hidden
+        if args.eval_mode is not None:  # onto EvalConfig's own switches
+            cfg.eval.ood = cfg.eval.attacks = args.eval_mode == "full"
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run a resolved config end to end; returns (and writes) the results."""
-    from .eval import evaluate_model
+    from .eval import evaluate_cached, evaluate_model
     from .training.context import build_context
     from .training.recipes import RecipeRunner
     from .training.state import RunState
@@ -139,18 +144,24 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str
                ood_root=cfg.data_root)
     final_model = ctx.eval_model
     nern.materialize_(final_model)
+
+    def say(who: str):
+        return lambda line: ctx.logger.info(f"evaluating {who}: {line}")
+    # The original and the teacher are the same from run to run: their evaluations are cached.
     results: dict[str, Any] = {
         "recipe": cfg.recipe, "model": cfg.model, "dataset": cfg.dataset,
         "original_source": ctx.original_source, "teacher_source": ctx.teacher_source,
-        "original": evaluate_model(ctx.original, ctx.bundle, **ekw),
-        "teacher": evaluate_model(ctx.teacher, ctx.bundle, **{**ekw, "ood": False, "attacks": False})
+        "original": evaluate_cached(ctx.original, ctx.bundle, log=say("original"), **ekw),
+        "teacher": evaluate_cached(ctx.teacher, ctx.bundle, log=say("teacher"), **{**ekw, "ood": False, "attacks": False})
         if ctx.teacher is not None else None,
-        "final": evaluate_model(final_model, ctx.bundle, **ekw),
+        "teacher_check": ctx.teacher_check,
+        "final": evaluate_model(final_model, ctx.bundle, log=say("final model"), **ekw),
         "stages": [{k: v for k, v in s.items() if k not in ("predictor",)} for s in runner.stages],
         "sizes": nern.size_report(),
         "config": to_dict(cfg),
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+        "environment": {"torch": str(torch.__version__), "python": platform.python_version(),
+                        "machine": platform.machine(), "cpu": numerics.cpu_name(),
+                        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                         "device": str(ctx.device), "threads": torch.get_num_threads()},
         "wall_seconds": None,
     }

@@ -31,6 +31,7 @@ class Context:
     rank: int = 0
     world: int = 1
     eval_model: nn.Module | None = None
+    teacher_check: dict[str, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -39,14 +40,15 @@ def needs_teacher(cfg: RunConfig) -> bool:
     return any(p.distill_from == "teacher" and (p.kd_weight or p.fmd_weight) for p in phases)
 
 
-def load_network(name: str, path: str | None, bundle: Any, cfg: RunConfig, device: torch.device) -> tuple[nn.Module, str]:
+def load_network(name: str, path: str | None, bundle: Any, cfg: RunConfig, device: torch.device,
+                 progress: bool = False) -> tuple[nn.Module, str]:
     """A trained network: from a checkpoint or nernfast artefact at ``path``, else pretrained here (cached)."""
     from ..artefact import is_artefact, load as load_artefact
     from ..checkpoints import load_model_checkpoint
     from ..pretrain import ensure_pretrained
     if path is None:
         path = str(ensure_pretrained(name, cfg.dataset, data_root=cfg.data_root, device=str(device),
-                                     epochs=cfg.pretrain_epochs))
+                                     epochs=cfg.pretrain_epochs, progress=progress))
     if not Path(path).exists():
         raise FileNotFoundError(f"checkpoint {path} not found; pass an existing file, or omit it to pretrain {name} here")
     if is_artefact(path):
@@ -55,12 +57,6 @@ def load_network(name: str, path: str | None, bundle: Any, cfg: RunConfig, devic
         return load_artefact(path, device=device), f"nernfast artefact {path} ({arch.get('name', 'custom model')})"
     model = build_model(name, bundle.num_classes, bundle.in_channels)
     return load_model_checkpoint(path, model), path
-
-
-def parse_teacher(spec: str) -> tuple[str, str | None]:
-    """``NAME`` (pretrained here) or ``NAME:CKPT``."""
-    name, _, path = spec.partition(":")
-    return name, (path or None)
 
 
 def build_context(cfg: RunConfig, out: Path, progress: bool = True) -> Context:
@@ -72,13 +68,22 @@ def build_context(cfg: RunConfig, out: Path, progress: bool = True) -> Context:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     bundle = get_dataset(cfg.dataset, cfg.data_root, seed=0)
     logger = RunLogger(out, rank, progress)
-    original, osrc = load_network(cfg.model, cfg.original, bundle, cfg, device)
+    original, osrc = load_network(cfg.model, cfg.original, bundle, cfg, device, progress)
     original = copy_frozen(original).to(device)
-    teacher, tsrc = None, None
+    teacher, tsrc, check = None, None, None
     if needs_teacher(cfg):
-        name, path = parse_teacher(cfg.teacher or DEFAULT_TEACHER.get(cfg.dataset, "resnet56"))
-        teacher, tsrc = load_network(name, path, bundle, cfg, device)
+        from ..teachers import build_ensemble, compare_teacher, parse_teacher, teacher_warning
+        spec = parse_teacher(cfg.teacher or DEFAULT_TEACHER.get(cfg.dataset, "resnet56"))
+        if spec.members:
+            teacher, tsrc = build_ensemble(spec.name, spec.members, bundle, cfg.dataset, cfg.data_root, str(device),
+                                           cfg.pretrain_epochs, progress)
+        else:
+            teacher, tsrc = load_network(spec.name, spec.path, bundle, cfg, device, progress)
         teacher = copy_frozen(teacher).to(device)
+        check = compare_teacher(teacher, original, bundle, device, cfg.eval.batch_size)
+        warning = teacher_warning(check)
+        if warning and rank == 0:
+            logger.info(warning)
     if cfg.channels_last:
         original = original.to(memory_format=torch.channels_last)
         teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
@@ -87,4 +92,5 @@ def build_context(cfg: RunConfig, out: Path, progress: bool = True) -> Context:
         from ..artefact import is_artefact, read_artefact
         if is_artefact(cfg.original):  # a decoded artefact keeps the architecture it was built from
             arch = read_artefact(cfg.original)[0].get("architecture") or {}
-    return Context(cfg, device, bundle, original, osrc, teacher, tsrc, arch, out, logger, rank, world)
+    return Context(cfg, device, bundle, original, osrc, teacher, tsrc, arch, out, logger, rank, world,
+                   teacher_check=check)

@@ -1,0 +1,64 @@
+"""Teachers: the --teacher grammar, ensembles as one module, and the strength check with its warning."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from nernfast import train as train_cli
+from nernfast.models import Ensemble, build_model
+from nernfast.teachers import compare_teacher, parse_teacher, teacher_warning
+
+from test_train import nets, tiny_cfg  # noqa: F401  (the module-scoped trained digits networks)
+
+
+def test_teacher_spec_grammar():
+    assert parse_teacher("resnet56") == parse_teacher("resnet56")
+    assert parse_teacher("resnet56").members == 0 and parse_teacher("resnet56").path is None
+    assert parse_teacher("resnet20w2").members == 0  # a width, not an ensemble
+    s = parse_teacher("resnet20x3")
+    assert (s.name, s.path, s.members) == ("resnet20", None, 3)
+    s = parse_teacher("resnet32:/tmp/t.pt")
+    assert (s.name, s.path, s.members) == ("resnet32", "/tmp/t.pt", 0)
+    with pytest.raises(ValueError, match="K >= 1"):
+        parse_teacher("resnet20x0")
+
+
+def test_ensemble_is_the_log_of_the_mean_probability():
+    torch.manual_seed(0)
+    members = [build_model("resnet20", 10, 1).eval() for _ in range(3)]
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        want = torch.stack([m(x).softmax(1) for m in members]).mean(0).log()
+        got = Ensemble(members).eval()(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(got.exp().sum(1), torch.ones(5))
+    with pytest.raises(ValueError):
+        Ensemble([])
+
+
+def test_warning_rule():
+    base = {"teacher_val_acc": 0.99, "teacher_val_loss": 0.05, "original_val_acc": 0.98,
+            "original_val_loss": 0.06, "val_images": 144}
+    assert teacher_warning({**base, "stronger": True}) is None
+    msg = teacher_warning({**base, "stronger": False})
+    assert "\n" not in msg and "not stronger" in msg and "99.00 %" in msg and "--teacher" in msg
+
+
+def test_the_original_as_its_own_teacher_is_not_stronger(nets, tmp_path, capfd):  # noqa: F811
+    from nernfast.checkpoints import load_model_checkpoint
+    from nernfast.data import get_dataset
+    orig, _ = nets
+    b = get_dataset("digits")
+    net = load_model_checkpoint(orig, build_model("resnet20", 10, 1)).eval()
+    c = compare_teacher(net, net, b, "cpu")
+    assert c["teacher_val_acc"] == c["original_val_acc"] and not c["stronger"] and c["val_images"] == 144
+    assert not compare_teacher(Ensemble([net]), net, b, "cpu")["stronger"]  # same predictions: loss not lower
+    # The trainer checks at the start of teacher_decoupled, warns and records it.
+    res = train_cli.run(tiny_cfg("teacher_decoupled", nets, tmp_path, [f"teacher=resnet20:{orig}"]), progress=False)
+    assert res["teacher_check"]["stronger"] is False
+    assert "not stronger than the original" in capfd.readouterr().err
+    assert json.loads((tmp_path / "results.json").read_text())["teacher_check"]["rule"].startswith("teacher val")
+    assert math.isfinite(res["teacher_check"]["teacher_val_loss"])
