@@ -131,14 +131,13 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str
     t0 = time.time()
     ctx = build_context(cfg, out, progress)
     state = RunState(out / "train_state.pt", resume, enabled=rank0)
-    runner = RecipeRunner(ctx, state)
-    nern, target_model = runner.run()
+    produced = RecipeRunner(ctx, state).run()
+    nern = produced.nern
     ev = cfg.eval
     ekw = dict(device=ctx.device, split="test", batch_size=ev.batch_size, fgsm_eps=ev.fgsm_eps,
                ifgsm_eps=ev.ifgsm_eps, ifgsm_steps=ev.ifgsm_steps, ood=ev.ood, attacks=ev.attacks,
                ood_root=cfg.data_root)
-    final_model = ctx.eval_model
-    nern.materialize_(final_model)
+    final_model = produced.decoded()
     results: dict[str, Any] = {
         "recipe": cfg.recipe, "model": cfg.model, "dataset": cfg.dataset,
         "original_source": ctx.original_source, "teacher_source": ctx.teacher_source,
@@ -146,7 +145,7 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str
         "teacher": evaluate_model(ctx.teacher, ctx.bundle, **{**ekw, "ood": False, "attacks": False})
         if ctx.teacher is not None else None,
         "final": evaluate_model(final_model, ctx.bundle, **ekw),
-        "stages": [{k: v for k, v in s.items() if k not in ("predictor",)} for s in runner.stages],
+        "stages": [{k: v for k, v in s.items() if k not in ("predictor",)} for s in produced.stages],
         "sizes": nern.size_report(),
         "config": to_dict(cfg),
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
@@ -156,7 +155,7 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str
     }
     if rank0:
         from .artefact import save_artefact
-        art = save_artefact(out / "nern.safetensors", nern, target_model, ctx.architecture, to_dict(cfg),
+        art = save_artefact(out / "nern.safetensors", nern, produced.model, ctx.architecture, to_dict(cfg),
                             {"final": _summary(results["final"]), "original": _summary(results["original"])})
         results["sizes"]["artefact_bytes"] = art.stat().st_size
         results["artefact"] = str(art)

@@ -10,6 +10,7 @@ import torch
 import nernfast
 from nernfast import train as train_cli
 from nernfast.config import RECIPES, ConfigError, resolve
+from nernfast.models import copy_frozen
 from nernfast.training import phase as phase_mod
 from nernfast.training import recipes as recipes_mod
 
@@ -76,7 +77,7 @@ def test_decoupled_phase2_lowers_kd_and_keeps_val_acc(nets, tmp_path):
 def test_decoupled_recon_weight_is_the_configured_one(nets, tmp_path, monkeypatch):
     spy = Spy(monkeypatch, phase_mod, "data_loss")
     train_cli.run(tiny_cfg("decoupled", nets, tmp_path, ["phase2.recon_weight=0.37"]), progress=False)
-    assert spy.calls and all(a[7] == 0.37 and a[9] == 1.0 for a, _ in spy.calls)  # recon_weight, kd_weight
+    assert spy.calls and all(a[1].recon_weight == 0.37 and a[1].kd_weight == 1.0 for a, _ in spy.calls)
 
 
 def test_baseline_warmup_has_no_distillation(nets, tmp_path, monkeypatch):
@@ -111,7 +112,7 @@ def test_progressive_round2_targets_round1(nets, tmp_path, monkeypatch):
     from nernfast.training.recipes import new_nern
     n1 = new_nern(runner.cfg, orig, r1[0]["seed"])
     n1.predictor.load_state_dict(runner.state.data["done"][r1[0]["stage"]]["predictor"])
-    m = phase_mod.copy_frozen(orig)
+    m = copy_frozen(orig)
     n1.materialize_(m)
     for t, w in zip(targets[1], n1.plan.weights_of(m)):
         torch.testing.assert_close(t, w)
@@ -121,12 +122,12 @@ def test_teacher_phase_runs_teacher_not_original(nets, tmp_path, monkeypatch):
     counts = {}
     real = phase_mod.run_phase
 
-    def spy(ctx, nern, target, phase, stage, *a, **k):
+    def spy(ctx, nern, phase, nets, eval_model, stage, *a, **k):
         c = {"original": 0, "teacher": 0}
         hs = [ctx.original.register_forward_hook(lambda *_: c.__setitem__("original", c["original"] + 1)),
               ctx.teacher.register_forward_hook(lambda *_: c.__setitem__("teacher", c["teacher"] + 1))]
         try:
-            return real(ctx, nern, target, phase, stage, *a, **k)
+            return real(ctx, nern, phase, nets, eval_model, stage, *a, **k)
         finally:
             for h in hs:
                 h.remove()
@@ -141,17 +142,17 @@ def test_teacher_phase_runs_teacher_not_original(nets, tmp_path, monkeypatch):
 def test_noise_phase_never_touches_the_dataset(nets, tmp_path, monkeypatch):
     real = phase_mod.run_phase
 
-    def guarded(ctx, nern, target, phase, stage, *a, **k):
+    def guarded(ctx, nern, phase, *a, **k):
         if phase.data == "noise":
             def refuse(*_a, **_k):
                 raise AssertionError("the noise phase read the dataset")
             orig_loader = ctx.bundle.loader
             ctx.bundle.loader = refuse
             try:
-                return real(ctx, nern, target, phase, stage, *a, **k)
+                return real(ctx, nern, phase, *a, **k)
             finally:
                 ctx.bundle.loader = orig_loader
-        return real(ctx, nern, target, phase, stage, *a, **k)
+        return real(ctx, nern, phase, *a, **k)
     monkeypatch.setattr(recipes_mod, "run_phase", guarded)
     res = train_cli.run(tiny_cfg("noise_decoupled", nets, tmp_path), progress=False)
     assert res["stages"][1]["selected_by"] == "noise_kd"

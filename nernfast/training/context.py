@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,27 +11,25 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..config import RunConfig
-from ..models import build_model
+from ..data import DataBundle
+from ..models import build_model, copy_frozen
 from .logger import RunLogger
-from .phase import copy_frozen
 
 
 @dataclass
 class Context:
     cfg: RunConfig
     device: torch.device
-    bundle: Any
-    original: nn.Module
+    bundle: DataBundle
+    original: nn.Module                  # frozen, on ``device``
     original_source: str
-    teacher: nn.Module | None
+    teacher: nn.Module | None            # frozen, on ``device``; None when no phase distils from it
     teacher_source: str | None
-    architecture: dict[str, Any]
+    architecture: dict[str, Any]         # what the artefact records to rebuild the model
     out: Path
     logger: RunLogger
     rank: int = 0
     world: int = 1
-    eval_model: nn.Module | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def needs_teacher(cfg: RunConfig) -> bool:
@@ -39,22 +37,32 @@ def needs_teacher(cfg: RunConfig) -> bool:
     return any(p.distill_from == "teacher" and (p.kd_weight or p.fmd_weight) for p in phases)
 
 
-def load_network(name: str, path: str | None, bundle: Any, cfg: RunConfig, device: torch.device) -> tuple[nn.Module, str]:
-    """A trained network: from a checkpoint or nernfast artefact at ``path``, else pretrained here (cached)."""
-    from ..artefact import is_artefact, load as load_artefact
-    from ..checkpoints import load_model_checkpoint
+@dataclass
+class Network:
+    """A trained network loaded for a run."""
+    model: nn.Module
+    source: str                           # where it came from, for the results
+    architecture: dict[str, Any] | None   # recorded by a nernfast artefact; None for checkpoints
+
+
+def load_network(name: str, path: str | None, bundle: DataBundle, cfg: RunConfig, device: torch.device) -> Network:
+    """A trained network: from a checkpoint or nernfast artefact at ``path`` (read once), else
+    pretrained here (cached)."""
+    from ..checkpoints import file_format, load_model_checkpoint
     from ..pretrain import ensure_pretrained
     if path is None:
         path = str(ensure_pretrained(name, cfg.dataset, data_root=cfg.data_root, device=str(device),
                                      epochs=cfg.pretrain_epochs))
     if not Path(path).exists():
         raise FileNotFoundError(f"checkpoint {path} not found; pass an existing file, or omit it to pretrain {name} here")
-    if is_artefact(path):
-        from ..artefact import read_artefact
-        arch = read_artefact(path)[0].get("architecture") or {}
-        return load_artefact(path, device=device), f"nernfast artefact {path} ({arch.get('name', 'custom model')})"
+    if file_format(path) == "artefact":
+        from ..artefact import load_nern
+        nern, model, meta = load_nern(path, device=device)
+        nern.materialize_(model)
+        arch = meta.get("architecture") or {}
+        return Network(model.eval(), f"nernfast artefact {path} ({arch.get('name', 'custom model')})", arch)
     model = build_model(name, bundle.num_classes, bundle.in_channels)
-    return load_model_checkpoint(path, model), path
+    return Network(load_model_checkpoint(path, model), path, None)
 
 
 def parse_teacher(spec: str) -> tuple[str, str | None]:
@@ -72,19 +80,17 @@ def build_context(cfg: RunConfig, out: Path, progress: bool = True) -> Context:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     bundle = get_dataset(cfg.dataset, cfg.data_root, seed=0)
     logger = RunLogger(out, rank, progress)
-    original, osrc = load_network(cfg.model, cfg.original, bundle, cfg, device)
-    original = copy_frozen(original).to(device)
+    orig = load_network(cfg.model, cfg.original, bundle, cfg, device)
+    original = copy_frozen(orig.model).to(device)
     teacher, tsrc = None, None
     if needs_teacher(cfg):
         name, path = parse_teacher(cfg.teacher or DEFAULT_TEACHER.get(cfg.dataset, "resnet56"))
-        teacher, tsrc = load_network(name, path, bundle, cfg, device)
-        teacher = copy_frozen(teacher).to(device)
+        t = load_network(name, path, bundle, cfg, device)
+        teacher, tsrc = copy_frozen(t.model).to(device), t.source
     if cfg.channels_last:
         original = original.to(memory_format=torch.channels_last)
         teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
-    arch = {"name": cfg.model, "num_classes": bundle.num_classes, "in_channels": bundle.in_channels}
-    if cfg.original and Path(cfg.original).exists():
-        from ..artefact import is_artefact, read_artefact
-        if is_artefact(cfg.original):  # a decoded artefact keeps the architecture it was built from
-            arch = read_artefact(cfg.original)[0].get("architecture") or {}
-    return Context(cfg, device, bundle, original, osrc, teacher, tsrc, arch, out, logger, rank, world)
+    # A decoded artefact keeps the architecture it was built from.
+    arch = orig.architecture if orig.architecture is not None else \
+        {"name": cfg.model, "num_classes": bundle.num_classes, "in_channels": bundle.in_channels}
+    return Context(cfg, device, bundle, original, orig.source, teacher, tsrc, arch, out, logger, rank, world)
