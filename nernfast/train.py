@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "pretrain --model on --dataset here (cached)")
     p.add_argument("--teacher", help="teacher for distillation as NAME or NAME:CKPT (default per dataset, "
                                      "pretrained here and cached)")
-    p.add_argument("--hidden", type=int, help="predictor hidden width (the paper uses 120-1372)")
+    p.add_argument("--hidden", type=int, help="predictor hidden width (the paper uses 120-1372); "
+                                             "the same as --set nern.hidden=N, which wins over it")
     p.add_argument("--config", help="YAML config file (a shipped name such as cifar10_resnet20.yaml works too)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value, e.g. --set phase2.lr=1e-4 --set nern.permutation=crossfilter")
@@ -91,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve(args.recipe, args.config, args.set, model=args.model, dataset=args.dataset,
                       data_root=args.data_root, original=args.original, teacher=args.teacher,
-                      seed=args.seed, device=args.device, out=args.out, init_from=args.init_from)
-        if args.hidden is not None:
-            cfg.nern.hidden = args.hidden
+                      seed=args.seed, device=args.device, out=args.out, init_from=args.init_from,
+                      nern={"hidden": args.hidden} if args.hidden is not None else None)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -236,3 +236,26 @@ def test_original_can_be_an_artefact_and_chains(nets, tmp_path):
     assert res["original_source"].startswith("nernfast artefact")
     model = nernfast.load(tmp_path / "b" / "nern.safetensors")  # names its architecture again
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_trainer_predicts_only_the_selected_layers(nets, tmp_path):
+    from nernfast.checkpoints import read_checkpoint
+    train_cli.run(tiny_cfg("recon_only", nets, tmp_path, ["nern.exclude=[conv1]", "phase1.steps=2"]), progress=False)
+    model = nernfast.load(tmp_path / "nern.safetensors")
+    sd = read_checkpoint(nets[0])["state_dict"]
+    torch.testing.assert_close(model.conv1.weight, sd["conv1.weight"], rtol=0, atol=0)  # kept as it was
+    assert not torch.equal(model.layer1[0].conv1.weight, sd["layer1.0.conv1.weight"])   # predicted
+
+
+def test_original_artefact_is_read_once(nets, tmp_path, monkeypatch):
+    from nernfast import artefact
+    train_cli.run(tiny_cfg("recon_only", nets, tmp_path / "a", ["phase1.steps=2"]), progress=False)
+    reads = []
+    real = artefact.read_artefact
+    monkeypatch.setattr(artefact, "read_artefact", lambda *a, **k: reads.append(a) or real(*a, **k))
+    from nernfast.training.context import build_context
+    cfg = tiny_cfg("recon_only", nets, tmp_path / "b")
+    cfg.original = str(tmp_path / "a" / "nern.safetensors")
+    ctx = build_context(cfg, tmp_path / "b", progress=False)
+    assert len(reads) == 1 and ctx.architecture["name"] == "resnet20"
+    ctx.logger.close()

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..config import RunConfig
+from ..config import RunConfig, recipe_phases
 from ..data import DataBundle
 from ..models import build_model, copy_frozen
 from .logger import RunLogger
@@ -33,7 +33,7 @@ class Context:
 
 
 def needs_teacher(cfg: RunConfig) -> bool:
-    phases = [cfg.phase1] + ([cfg.phase2] if cfg.recipe in ("decoupled", "teacher_decoupled", "noise_decoupled") else [])
+    phases = [getattr(cfg, key) for key in recipe_phases(cfg.recipe)]
     return any(p.distill_from == "teacher" and (p.kd_weight or p.fmd_weight) for p in phases)
 
 

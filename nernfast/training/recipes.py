@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..config import PhaseConfig, RunConfig
+from ..config import PhaseConfig, RunConfig, recipe_phases
 from ..models import copy_frozen
 from ..nern import NeRN
 from .context import Context
@@ -30,7 +30,9 @@ def new_nern(cfg: RunConfig, target_model: nn.Module, seed: int, init_from: str 
     n = cfg.nern
     nern = NeRN.from_model(target_model, hidden=n.hidden, num_blocks=n.num_blocks, permutation=n.permutation,
                            normalization=n.normalization, encoding=n.encoding, levels=n.levels, base=n.base,
-                           ffn_features=n.ffn_features, ffn_sigma=n.ffn_sigma, init=n.init)
+                           ffn_features=n.ffn_features, ffn_sigma=n.ffn_sigma, ffn_seed=n.ffn_seed, init=n.init,
+                           kernel_size=n.kernel_size, include=n.include, exclude=n.exclude,
+                           smaller_kernels=n.smaller_kernels)
     if init_from:
         from .init_from import load_predictor_init
         load_predictor_init(nern, init_from)
@@ -89,11 +91,9 @@ class RecipeRunner:
         if cfg.recipe == "progressive":
             return self.progressive()
         nern = new_nern(cfg, orig, cfg.seed, cfg.init_from)
-        p1 = cfg.phase1
-        self.phase(nern, orig, p1, "phase1-" + p1.name, cfg.seed)
-        if cfg.recipe in ("decoupled", "teacher_decoupled", "noise_decoupled"):
-            p2 = cfg.phase2
-            self.phase(nern, orig, p2, "phase2-" + p2.name, cfg.seed + 1)
+        for i, key in enumerate(recipe_phases(cfg.recipe)):  # phase i draws its batches from seed + i
+            p = getattr(cfg, key)
+            self.phase(nern, orig, p, f"{key}-{p.name}", cfg.seed + i)
         return RecipeResult(nern, orig, self.stages)
 
     def progressive(self) -> RecipeResult:
