@@ -35,11 +35,10 @@ import torch.nn.functional as F
 
 from nernfast.batching import sample_rows
 from nernfast.config import resolve
-from nernfast.models import build_model
+from nernfast.models import build_model, copy_frozen
 from nernfast.nern import NeRN
 from nernfast.optim import build_optimizer
-from nernfast.training.objectives import ReconTarget, data_loss
-from nernfast.training.phase import copy_frozen
+from nernfast.training.objectives import PhaseNets, ReconTarget, data_loss
 
 from reference_baseline import ReferenceNeRN, encoding_matrix
 
@@ -220,13 +219,12 @@ def _make_step(setup: Setup, kind: str, variant: str) -> Callable[[int], object]
         distill = copy.deepcopy(distill).to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     autocast = torch.bfloat16 if variant.startswith("fast-bf16") else None
+    nets = PhaseNets(setup.target, shell, distill)
     # data_loss reports float(parts) (a device sync per step), as the trainer's step does.
 
     def data_step(i: int) -> float:
         with reference_ops(plain):
-            loss, parts = data_loss(nern, setup.rows(i), shell, x, setup.target, distill, phase.recon_loss,
-                                    phase.recon_weight, phase.fmd_weight, phase.kd_weight, phase.kd_loss,
-                                    phase.temperature, autocast)
+            loss, parts = data_loss(nern, phase, nets, setup.rows(i), x, autocast)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -67,8 +68,9 @@ def gradient_agreement(ctx, nern, target, phase, distill, shell, settings, batch
     """Per setting: median cosine similarity / relative norm difference of the phase-2 predictor
     gradient against float32's, over the same batches and weight rows."""
     from nernfast.batching import sample_rows
-    from nernfast.training.objectives import data_loss
+    from nernfast.training.objectives import PhaseNets, data_loss
     from nernfast.training.streams import DatasetStream
+    no_recon = dataclasses.replace(phase, recon_weight=0.0)
     stream = DatasetStream(ctx.bundle, phase.batch_size, seed, phase.augment)
     gen = torch.Generator().manual_seed(seed)
     stats: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in settings}
@@ -81,8 +83,7 @@ def gradient_agreement(ctx, nern, target, phase, distill, shell, settings, batch
             xx = x.contiguous(memory_format=fmt)
             src = distill.to(memory_format=fmt)
             nern.predictor.zero_grad(set_to_none=True)
-            loss, _ = data_loss(nern, idx, shell, xx, target, src, phase.recon_loss, 0.0,
-                                phase.fmd_weight, phase.kd_weight, phase.kd_loss, phase.temperature,
+            loss, _ = data_loss(nern, no_recon, PhaseNets(target, shell, src), idx, xx,
                                 torch.bfloat16 if precision == "bf16" else None)
             loss.backward()
             grads[name] = torch.cat([p.grad.flatten() for p in nern.predictor.parameters()])
@@ -117,8 +118,8 @@ def run_recipe(recipe: str, sets: list[str], out: Path, seed: int, grad_batches:
     phase1_s = time.time() - t0
     after_phase1 = copy.deepcopy(nern.predictor.state_dict())
     original, teacher = ctx.original, ctx.teacher
+    from nernfast.models import copy_frozen
     from nernfast.training.objectives import ReconTarget
-    from nernfast.training.phase import copy_frozen
     target = ReconTarget(nern.plan, nern.plan.weights_of(original), ctx.device)
     distill = runner.distill_source(cfg.phase2)
     grad_settings = [s for s in SETTINGS if s[3] == 0]  # same seed: same batches and rows
@@ -139,7 +140,7 @@ def run_recipe(recipe: str, sets: list[str], out: Path, seed: int, grad_batches:
         t0 = time.time()
         res = runner.phase(nern, ctx.original, cfg.phase2, f"phase2-{name}", cfg.seed + 1 + seed_offset)
         wall = time.time() - t0
-        model = copy.deepcopy(ctx.eval_model).to(memory_format=torch.contiguous_format)
+        model = copy_frozen(ctx.original).to(memory_format=torch.contiguous_format)
         nern.materialize_(model)
         pred, y = test_predictions(model, ctx.bundle, ctx.device)
         if ref is None:

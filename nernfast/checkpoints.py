@@ -19,6 +19,7 @@ an error listing all of them.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -41,6 +42,43 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read, or does not fit the model."""
+
+
+FORMATS = ("artefact", "safetensors", "torch", "pickle", "text", "empty", "unknown")
+_MAX_HEADER = 100 * 2**20  # safetensors caps its JSON header at 100 MB
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """What a model file holds, judged from its first bytes (tensors are not read): one of FORMATS.
+
+    ``artefact``: a safetensors file with nernfast metadata, or one whose header is damaged (reading
+    it as an artefact then names the damage); ``safetensors``: any other safetensors file; ``torch``:
+    ``torch.save``'s zip format; ``pickle``: a legacy ``torch.save`` / plain pickle; ``text``: UTF-8
+    text (a README, YAML or JSON saved under a model's name).
+    """
+    with open(path, "rb") as f:
+        head = f.read(9)
+        if not head:
+            return "empty"
+        if head.startswith(b"PK\x03\x04"):
+            return "torch"
+        if head.startswith(b"\x80"):
+            return "pickle"
+        n = int.from_bytes(head[:8], "little")
+        if len(head) == 9 and head[8:9] == b"{" and 2 <= n <= _MAX_HEADER:
+            try:
+                meta = json.loads(head[8:] + f.read(n - 1)).get("__metadata__") or {}
+            except (ValueError, AttributeError):
+                return "artefact"
+            return "artefact" if "nernfast" in meta else "safetensors"
+        f.seek(0)
+        start = f.read(4096)
+    try:
+        start.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(start) - 4:  # not merely a multi-byte character cut at the end
+            return "unknown"
+    return "unknown" if b"\x00" in start else "text"
 
 
 def _is_tensor_dict(obj: Any) -> bool:

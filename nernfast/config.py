@@ -1,4 +1,20 @@
-"""Run configuration: dataclasses with defaults, one YAML file per recipe, ``--set key=value`` overrides.
+"""Run configuration: dataclasses with defaults, shared phase defaults and one YAML file per recipe,
+a dataset-level ``--config`` file, CLI flags and ``--set key=value`` overrides.
+
+Resolution order, each layer overriding the ones before it:
+
+1. the dataclass defaults below (generic values; the paper's where it gives them);
+2. ``configs/defaults.yaml``: the values shared by the six recipes (model, dataset, predictor);
+3. the phase defaults the recipe's phases start from: ``configs/<recipe>.yaml`` lists them
+   (``phases: [reconstruction]`` or ``[reconstruction, distillation]``, defined under
+   ``phase_defaults`` in defaults.yaml) -- the one place that says which recipes have a phase 2;
+4. the rest of ``configs/<recipe>.yaml``: the recipe's differences from those defaults;
+5. ``--config FILE`` (a path, or a shipped name such as ``cifar10_resnet20.yaml``): its top-level
+   values apply to every recipe, then its ``per_recipe: {<recipe>: {...}}`` section to that recipe
+   only (e.g. a joint phase's distillation weights for ``baseline``); its ``recipe:`` key picks
+   the recipe when ``--recipe`` is not given;
+6. explicit CLI flags (``--model``, ``--hidden``, ``--seed``, ...);
+7. ``--set key=value`` overrides (dotted keys, values parsed as YAML scalars).
 
 Unknown keys and values of the wrong type are rejected with the list of valid keys. The resolved
 config is saved with every run (``OUT/config.yaml``) and inside the artefact.
@@ -36,7 +52,14 @@ class NeRNConfig:
     base: float = 0.76
     ffn_features: int = 120
     ffn_sigma: float = 1.0
+    ffn_seed: int = 0                    # seed of the ffn encoding's fixed random matrix
     init: str = "default"
+    # Which convs are predicted (nernfast.selection): regular expressions on module names; None: the
+    # reference's choice for the architecture. Unpredicted convs are kept as they are in the artefact.
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    smaller_kernels: bool | None = None  # also predict square kernels smaller than the largest
+    kernel_size: int | None = None       # predicted kernel size; None: the largest selected one
 
 
 @dataclass
@@ -129,6 +152,12 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.lstrip().startswith("[") else [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{key}: expected a list of strings, e.g. [conv1, 'layer1\\..*'], got {value!r}")
     if isinstance(value, str) and typ is not str:
         try:
             value = float(value) if typ is float else yaml.safe_load(value)
@@ -177,40 +206,113 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def recipe_yaml(recipe: str) -> Path:
+PHASE_KEYS = ("phase1", "phase2")
+
+
+def _shipped(name: str) -> Path:
+    return Path(str(resources.files("nernfast") / "configs" / name))
+
+
+def _check_recipe(recipe: str) -> None:
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    return Path(str(resources.files("nernfast") / "configs" / f"{recipe}.yaml"))
+
+
+def recipe_yaml(recipe: str) -> Path:
+    _check_recipe(recipe)
+    return _shipped(f"{recipe}.yaml")
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"{p}: not valid YAML{where}: {problem}; fix the file or pass another --config") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the config file ({e}); pass a readable YAML file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    return data
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A ``--config`` file: a path, or the name of a shipped dataset-level config."""
     p = Path(path)
     if not p.exists():
-        shipped = Path(str(resources.files("nernfast") / "configs")) / f"{p.name}"
-        if shipped.exists():
+        shipped = _shipped(p.name)
+        if shipped.exists() and p.name not in _RECIPE_FILES:
             p = shipped
         else:
-            raise ConfigError(f"config file {path} not found (shipped configs: "
-                              + ", ".join(sorted(x.name for x in shipped.parent.glob('*.yaml'))) + ")")
-    data = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
-    return data
+            raise ConfigError(f"config file {path} not found (shipped configs: " + ", ".join(shipped_configs()) + ")")
+    return _read_yaml(p)
+
+
+_RECIPE_FILES = {f"{r}.yaml" for r in RECIPES} | {"defaults.yaml"}
+
+
+def shipped_configs() -> list[str]:
+    """The dataset-level configs that ship with nernfast (for ``--config``)."""
+    return sorted(x.name for x in _shipped("").glob("*.yaml") if x.name not in _RECIPE_FILES)
+
+
+def _recipe_file(recipe: str) -> tuple[list[str], dict[str, Any]]:
+    """(the phase defaults the recipe's phases start from, its differences from them)."""
+    data = _read_yaml(recipe_yaml(recipe))
+    phases = data.pop("phases", None)
+    if not isinstance(phases, list) or not 1 <= len(phases) <= len(PHASE_KEYS):
+        raise ConfigError(f"{recipe_yaml(recipe)}: 'phases' must list 1 or {len(PHASE_KEYS)} phase defaults")
+    return phases, data
+
+
+def recipe_phases(recipe: str) -> tuple[str, ...]:
+    """The phases a recipe runs, in order: ``("phase1",)`` or ``("phase1", "phase2")``."""
+    return PHASE_KEYS[:len(_recipe_file(recipe)[0])]
+
+
+def _apply_file(cfg: RunConfig, data: dict[str, Any], where: str) -> None:
+    try:
+        apply(cfg, data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def resolve(recipe: str | None = None, config: str | Path | None = None, sets: list[str] | None = None,
             **cli: Any) -> RunConfig:
-    """Defaults <- recipe YAML <- --config YAML <- explicit CLI flags <- --set overrides."""
-    cfg = RunConfig()
+    """Defaults <- defaults.yaml <- phase defaults <- recipe YAML <- --config (all recipes, then
+    per_recipe) <- explicit CLI flags <- --set overrides (see the module docstring).
+
+    ``cli`` holds top-level keys (``model=...``) or nested mappings (``nern={"hidden": 280}``);
+    None values are ignored."""
     file_data = load_yaml(config) if config else {}
-    recipe = recipe or file_data.get("recipe") or cfg.recipe
-    apply(cfg, load_yaml(recipe_yaml(recipe)))
-    apply(cfg, file_data)
+    per_recipe = file_data.pop("per_recipe", None) or {}
+    for key in ("phases", "phase_defaults"):
+        if key in file_data:
+            raise ConfigError(f"{config}: '{key}' belongs to the shipped recipe files; set phase1.* / phase2.* "
+                              "(or per_recipe: {<recipe>: {phase1: ...}}) instead")
+    if not isinstance(per_recipe, dict) or any(r not in RECIPES for r in per_recipe):
+        raise ConfigError(f"{config}: per_recipe must map recipe names ({', '.join(RECIPES)}) to config values")
+    recipe = recipe or file_data.get("recipe") or RunConfig.recipe
+    _check_recipe(recipe)
+    cfg = RunConfig()
+    shared = _read_yaml(_shipped("defaults.yaml"))
+    templates = shared.pop("phase_defaults")
+    apply(cfg, shared)
+    phases, differences = _recipe_file(recipe)
+    for key, name in zip(PHASE_KEYS, phases):
+        if name not in templates:
+            raise ConfigError(f"{recipe_yaml(recipe)}: unknown phase defaults {name!r}; defaults.yaml defines "
+                              + ", ".join(templates))
+        apply(cfg, {key: templates[name]})
+    apply(cfg, differences)
+    _apply_file(cfg, file_data, str(config))
+    _apply_file(cfg, per_recipe.get(recipe) or {}, f"{config}: per_recipe.{recipe}")
     cfg.recipe = recipe
     apply(cfg, {k: v for k, v in cli.items() if v is not None})
     apply(cfg, parse_set(sets or []))
-    if cfg.recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {cfg.recipe!r}; choose one of {', '.join(RECIPES)}")
+    _check_recipe(cfg.recipe)
     return cfg
 
 

@@ -101,7 +101,7 @@ class NeRN(nn.Module):
     def materialize_(self, model: nn.Module, chunk: int | None = None) -> nn.Module:
         """Write every predicted weight into ``model`` in place (no autograd) with one op call for the
         whole network. The first call binds the model's predicted conv weights as views into one flat
-        buffer (``bind_``); after ``model.to(...)``, ``.half()``, ``load_state_dict(..., assign=True)``
+        buffer (nernfast.binding); after ``model.to(...)``, ``.half()``, ``load_state_dict(..., assign=True)``
         it re-binds in the weights' current dtype and device. Returns ``model``."""
         flat = bind_flat(model, self.plan)
         pdtype = next(self.predictor.parameters()).dtype
@@ -113,11 +113,6 @@ class NeRN(nn.Module):
         else:
             write_rows_(flat, self.rows(chunk=chunk), self.plan)
         return model
-
-    def bind_(self, model: nn.Module) -> torch.Tensor:
-        """Bind ``model``'s predicted conv weights as views into one flat buffer and return it
-        (idempotent; see nernfast.binding)."""
-        return bind_flat(model, self.plan)
 
     # ---- parametrize ---------------------------------------------------------------------------
     def parametrize_(self, model: nn.Module) -> nn.Module:

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "pretrain --model on --dataset here (cached)")
     p.add_argument("--teacher", help="teacher for distillation as NAME or NAME:CKPT (default per dataset, "
                                      "pretrained here and cached)")
-    p.add_argument("--hidden", type=int, help="predictor hidden width (the paper uses 120-1372)")
+    p.add_argument("--hidden", type=int, help="predictor hidden width (the paper uses 120-1372); "
+                                             "the same as --set nern.hidden=N, which wins over it")
     p.add_argument("--config", help="YAML config file (a shipped name such as cifar10_resnet20.yaml works too)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value, e.g. --set phase2.lr=1e-4 --set nern.permutation=crossfilter")
@@ -94,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve(args.recipe, args.config, args.set, model=args.model, dataset=args.dataset,
                       data_root=args.data_root, original=args.original, teacher=args.teacher,
-                      seed=args.seed, device=args.device, out=args.out, init_from=args.init_from)
-        if args.hidden is not None:
-            cfg.nern.hidden = args.hidden
-        if args.eval_mode is not None:  # onto EvalConfig's own switches
-            cfg.eval.ood = cfg.eval.attacks = args.eval_mode == "full"
+                      seed=args.seed, device=args.device, out=args.out, init_from=args.init_from,
+                      nern={"hidden": args.hidden} if args.hidden is not None else None,
+                      # --eval maps onto EvalConfig's own switches
+                      eval={"ood": args.eval_mode == "full", "attacks": args.eval_mode == "full"}
+                      if args.eval_mode is not None else None)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -136,14 +137,13 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str
     t0 = time.time()
     ctx = build_context(cfg, out, progress)
     state = RunState(out / "train_state.pt", resume, enabled=rank0)
-    runner = RecipeRunner(ctx, state)
-    nern, target_model = runner.run()
+    produced = RecipeRunner(ctx, state).run()
+    nern = produced.nern
     ev = cfg.eval
     ekw = dict(device=ctx.device, split="test", batch_size=ev.batch_size, fgsm_eps=ev.fgsm_eps,
                ifgsm_eps=ev.ifgsm_eps, ifgsm_steps=ev.ifgsm_steps, ood=ev.ood, attacks=ev.attacks,
                ood_root=cfg.data_root)
-    final_model = ctx.eval_model
-    nern.materialize_(final_model)
+    final_model = produced.decoded()
 
     def say(who: str):
         return lambda line: ctx.logger.info(f"evaluating {who}: {line}")
@@ -156,7 +156,7 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str
         if ctx.teacher is not None else None,
         "teacher_check": ctx.teacher_check,
         "final": evaluate_model(final_model, ctx.bundle, log=say("final model"), **ekw),
-        "stages": [{k: v for k, v in s.items() if k not in ("predictor",)} for s in runner.stages],
+        "stages": [{k: v for k, v in s.items() if k not in ("predictor",)} for s in produced.stages],
         "sizes": nern.size_report(),
         "config": to_dict(cfg),
         "environment": {"torch": str(torch.__version__), "python": platform.python_version(),
@@ -167,7 +167,7 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str
     }
     if rank0:
         from .artefact import save_artefact
-        art = save_artefact(out / "nern.safetensors", nern, target_model, ctx.architecture, to_dict(cfg),
+        art = save_artefact(out / "nern.safetensors", nern, produced.model, ctx.architecture, to_dict(cfg),
                             {"final": _summary(results["final"]), "original": _summary(results["original"])})
         results["sizes"]["artefact_bytes"] = art.stat().st_size
         results["artefact"] = str(art)

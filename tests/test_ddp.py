@@ -24,8 +24,9 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
     from nernfast.models import build_model
     from nernfast.training.context import Context
     from nernfast.training.logger import RunLogger
-    from nernfast.training.objectives import ReconTarget
-    from nernfast.training.phase import copy_frozen, run_phase
+    from nernfast.models import copy_frozen
+    from nernfast.training.objectives import PhaseNets, ReconTarget
+    from nernfast.training.phase import run_phase
     from nernfast.training.recipes import new_nern
 
     torch.set_num_threads(1)
@@ -40,10 +41,9 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
     original = copy_frozen(build_model("resnet20", 10, 1))
     ctx = Context(cfg, torch.device("cpu"), bundle, original, "test", None, None, {}, Path(out), RunLogger(Path(out), rank, False),
                   rank, world)
-    ctx.eval_model = copy_frozen(original)
     nern = new_nern(cfg, original, seed=0)
-    target = ReconTarget(nern.plan, nern.plan.weights_of(original), "cpu")
-    run_phase(ctx, nern, target, cfg.phase2, "ddp", copy_frozen(original), original, seed=5)
+    nets = PhaseNets(ReconTarget(nern.plan, nern.plan.weights_of(original), "cpu"), copy_frozen(original), original)
+    run_phase(ctx, nern, cfg.phase2, nets, copy_frozen(original), "ddp", seed=5)
     if rank == 0:
         torch.save(nern.predictor.state_dict(), Path(out) / f"predictor_world{world}.pt")
     if world > 1:

@@ -19,8 +19,9 @@ from reference_baseline import ReferenceNeRN, encoding_matrix  # noqa: E402
 
 from nernfast.models import build_model  # noqa: E402
 from nernfast.nern import NeRN  # noqa: E402
-from nernfast.training.objectives import ReconTarget, data_loss  # noqa: E402
-from nernfast.training.phase import copy_frozen  # noqa: E402
+from nernfast.config import PhaseConfig  # noqa: E402
+from nernfast.models import copy_frozen  # noqa: E402
+from nernfast.training.objectives import PhaseNets, ReconTarget, data_loss  # noqa: E402
 
 RTOL = 2e-4  # of the largest |entry| of each gradient: different summation orders only
 
@@ -106,8 +107,9 @@ def test_joint_step_matches_nernfast(world, duplicates):
 
     ours = copy.deepcopy(nern)
     target = ReconTarget(nern.plan, nern.plan.weights_of(original), "cpu")
-    loss_n, parts_n = data_loss(ours, idx, copy_frozen(original), x, target, original, "l2", w["recon_weight"],
-                                w["fmd_weight"], w["kd_weight"], "stable_kl", 1.0)
+    phase = PhaseConfig(recon_loss="l2", recon_weight=w["recon_weight"], fmd_weight=w["fmd_weight"],
+                        kd_weight=w["kd_weight"], kd_loss="stable_kl", temperature=1.0)
+    loss_n, parts_n = data_loss(ours, phase, PhaseNets(target, copy_frozen(original), original), idx, x)
     loss_n.backward()
     for k in ("rec", "fmd", "kd"):
         assert parts_b[k].item() == pytest.approx(parts_n[k], rel=1e-5), k
@@ -141,7 +143,8 @@ def test_teacher_distillation_matches_nernfast(world):
 
     ours = copy.deepcopy(nern)
     target = ReconTarget(nern.plan, nern.plan.weights_of(original), "cpu")
-    loss_n, parts_n = data_loss(ours, idx, copy_frozen(original), x, target, teacher, "l2", 0.1, 0.0, 1.0, "kl", 1.0)
+    phase = PhaseConfig(recon_loss="l2", recon_weight=0.1, fmd_weight=0.0, kd_weight=1.0, kd_loss="kl", temperature=1.0)
+    loss_n, parts_n = data_loss(ours, phase, PhaseNets(target, copy_frozen(original), teacher), idx, x)
     loss_n.backward()
     assert parts_b["kd"].item() == pytest.approx(parts_n["kd"], rel=1e-5)
     assert loss_b.item() == pytest.approx(parts_n["loss"], rel=1e-5)

@@ -10,6 +10,7 @@ import torch
 import nernfast
 from nernfast import train as train_cli
 from nernfast.config import RECIPES, ConfigError, resolve
+from nernfast.models import copy_frozen
 from nernfast.training import phase as phase_mod
 from nernfast.training import recipes as recipes_mod
 
@@ -77,7 +78,7 @@ def test_decoupled_phase2_lowers_kd_and_keeps_val_acc(nets, tmp_path):
 def test_decoupled_recon_weight_is_the_configured_one(nets, tmp_path, monkeypatch):
     spy = Spy(monkeypatch, phase_mod, "data_loss")
     train_cli.run(tiny_cfg("decoupled", nets, tmp_path, ["phase2.recon_weight=0.37"]), progress=False)
-    assert spy.calls and all(a[7] == 0.37 and a[9] == 1.0 for a, _ in spy.calls)  # recon_weight, kd_weight
+    assert spy.calls and all(a[1].recon_weight == 0.37 and a[1].kd_weight == 1.0 for a, _ in spy.calls)
 
 
 def test_baseline_warmup_has_no_distillation(nets, tmp_path, monkeypatch):
@@ -112,7 +113,7 @@ def test_progressive_round2_targets_round1(nets, tmp_path, monkeypatch):
     from nernfast.training.recipes import new_nern
     n1 = new_nern(runner.cfg, orig, r1[0]["seed"])
     n1.predictor.load_state_dict(runner.state.data["done"][r1[0]["stage"]]["predictor"])
-    m = phase_mod.copy_frozen(orig)
+    m = copy_frozen(orig)
     n1.materialize_(m)
     for t, w in zip(targets[1], n1.plan.weights_of(m)):
         torch.testing.assert_close(t, w)
@@ -122,12 +123,12 @@ def test_teacher_phase_runs_teacher_not_original(nets, tmp_path, monkeypatch):
     counts = {}
     real = phase_mod.run_phase
 
-    def spy(ctx, nern, target, phase, stage, *a, **k):
+    def spy(ctx, nern, phase, nets, eval_model, stage, *a, **k):
         c = {"original": 0, "teacher": 0}
         hs = [ctx.original.register_forward_hook(lambda *_: c.__setitem__("original", c["original"] + 1)),
               ctx.teacher.register_forward_hook(lambda *_: c.__setitem__("teacher", c["teacher"] + 1))]
         try:
-            return real(ctx, nern, target, phase, stage, *a, **k)
+            return real(ctx, nern, phase, nets, eval_model, stage, *a, **k)
         finally:
             for h in hs:
                 h.remove()
@@ -142,17 +143,17 @@ def test_teacher_phase_runs_teacher_not_original(nets, tmp_path, monkeypatch):
 def test_noise_phase_never_touches_the_dataset(nets, tmp_path, monkeypatch):
     real = phase_mod.run_phase
 
-    def guarded(ctx, nern, target, phase, stage, *a, **k):
+    def guarded(ctx, nern, phase, *a, **k):
         if phase.data == "noise":
             def refuse(*_a, **_k):
                 raise AssertionError("the noise phase read the dataset")
             orig_loader = ctx.bundle.loader
             ctx.bundle.loader = refuse
             try:
-                return real(ctx, nern, target, phase, stage, *a, **k)
+                return real(ctx, nern, phase, *a, **k)
             finally:
                 ctx.bundle.loader = orig_loader
-        return real(ctx, nern, target, phase, stage, *a, **k)
+        return real(ctx, nern, phase, *a, **k)
     monkeypatch.setattr(recipes_mod, "run_phase", guarded)
     res = train_cli.run(tiny_cfg("noise_decoupled", nets, tmp_path), progress=False)
     assert res["stages"][1]["selected_by"] == "noise_kd"
@@ -251,3 +252,26 @@ def test_phase1_is_shared_between_recipes_that_start_alike(nets, tmp_path):
     # The shared phase 1 is the one the run would have computed itself (runs repeat bit for bit).
     d = train_cli.run(tiny_cfg("teacher_decoupled", nets, tmp_path / "d"), progress=False)
     assert d["stages"][0]["recon_l2"] == pa["recon_l2"] and d["final"]["accuracy"] == b["final"]["accuracy"]
+
+
+def test_trainer_predicts_only_the_selected_layers(nets, tmp_path):
+    from nernfast.checkpoints import read_checkpoint
+    train_cli.run(tiny_cfg("recon_only", nets, tmp_path, ["nern.exclude=[conv1]", "phase1.steps=2"]), progress=False)
+    model = nernfast.load(tmp_path / "nern.safetensors")
+    sd = read_checkpoint(nets[0])["state_dict"]
+    torch.testing.assert_close(model.conv1.weight, sd["conv1.weight"], rtol=0, atol=0)  # kept as it was
+    assert not torch.equal(model.layer1[0].conv1.weight, sd["layer1.0.conv1.weight"])   # predicted
+
+
+def test_original_artefact_is_read_once(nets, tmp_path, monkeypatch):
+    from nernfast import artefact
+    train_cli.run(tiny_cfg("recon_only", nets, tmp_path / "a", ["phase1.steps=2"]), progress=False)
+    reads = []
+    real = artefact.read_artefact
+    monkeypatch.setattr(artefact, "read_artefact", lambda *a, **k: reads.append(a) or real(*a, **k))
+    from nernfast.training.context import build_context
+    cfg = tiny_cfg("recon_only", nets, tmp_path / "b")
+    cfg.original = str(tmp_path / "a" / "nern.safetensors")
+    ctx = build_context(cfg, tmp_path / "b", progress=False)
+    assert len(reads) == 1 and ctx.architecture["name"] == "resnet20"
+    ctx.logger.close()

@@ -1,6 +1,7 @@
 """Model zoo: CIFAR ResNets (akamaster/NeRN layout) and torchvision ResNets."""
 from __future__ import annotations
 
+import copy
 import re
 
 import torch.nn as nn
@@ -37,7 +38,15 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
     raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
 
 
+def copy_frozen(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with no parameter requiring grad (originals, teachers, shells)."""
+    m = copy.deepcopy(model).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
 __all__ = [
     "BasicBlock", "CifarResNet", "Ensemble", "MODEL_NAMES", "build_model", "cifar_resnet", "cifar_stem_resnet18",
-    "cifar_stem_resnet50", "collect_features", "feature_modules", "imagenet_resnet",
+    "cifar_stem_resnet50", "collect_features", "copy_frozen", "feature_modules", "imagenet_resnet",
 ]

@@ -14,11 +14,13 @@ never rebuild the network (a reconstruction step needs neither data nor the othe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from ..config import PhaseConfig
 from ..losses import feature_map_loss, kd_loss, reconstruction_loss
 from ..models import collect_features
 from ..nern import NeRN
@@ -76,40 +78,48 @@ class ReconTarget:
         raise ValueError(f"unknown reconstruction loss {kind!r}")
 
 
-def data_loss(nern: NeRN, idx: torch.Tensor | None, shell: nn.Module, x: torch.Tensor, target: ReconTarget,
-              distill: nn.Module | None, recon_kind: str, recon_weight: float, fmd_weight: float,
-              kd_weight: float, kd_kind: str, temperature: float,
+@dataclass
+class PhaseNets:
+    """The networks one phase trains against."""
+    target: ReconTarget              # the weights being reconstructed
+    shell: nn.Module                 # frozen copy of the reconstructed network, run with predicted weights
+    distill: nn.Module | None        # distillation source (the original or a teacher); None: no distillation
+
+
+def data_loss(nern: NeRN, phase: PhaseConfig, nets: PhaseNets, idx: torch.Tensor | None, x: torch.Tensor,
               autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Joint NeRN objective on an image batch: recon_weight*L_rec + fmd_weight*L_fmd + kd_weight*L_kd.
+    """Joint NeRN objective on an image batch, weighted by the phase:
+    recon_weight*L_rec + fmd_weight*L_fmd + kd_weight*L_kd.
 
     The whole network is rebuilt from the predictor (gradient through rows ``idx``) and run with
     ``functional_call``; the distillation source (original or teacher) runs without autograd.
     """
+    shell, distill = nets.shell, nets.distill
     ws = flat_views(nern.flat(nern.rows(idx)), nern.plan)
     params = {f"{n}.weight": w for n, w in zip(nern.plan.names, ws)}
     parts: dict[str, float] = {}
     loss = x.new_zeros((), dtype=torch.float32)
-    if recon_weight:
-        rec = reconstruction_loss(ws, target.weights, recon_kind)
-        loss = loss + recon_weight * rec
+    if phase.recon_weight:
+        rec = reconstruction_loss(ws, nets.target.weights, phase.recon_loss)
+        loss = loss + phase.recon_weight * rec
         parts["rec"] = float(rec.detach())
     ac = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(x.device.type, enabled=False)
     with ac:
-        if fmd_weight:
+        if phase.fmd_weight:
             with collect_features(shell) as fs:
                 logits = functional_call(shell, params, (x,))
             with torch.no_grad(), collect_features(distill) as ft:
                 t_logits = distill(x)
             fmd = feature_map_loss([f.float() for f in fs], [f.float() for f in ft])
-            loss = loss + fmd_weight * fmd
+            loss = loss + phase.fmd_weight * fmd
             parts["fmd"] = float(fmd.detach())
         else:
             logits = functional_call(shell, params, (x,))
             with torch.no_grad():
-                t_logits = distill(x) if kd_weight else None
-    if kd_weight:
-        kd = kd_loss(logits.float(), t_logits.float(), kd_kind, temperature)
-        loss = loss + kd_weight * kd
+                t_logits = distill(x) if phase.kd_weight else None
+    if phase.kd_weight:
+        kd = kd_loss(logits.float(), t_logits.float(), phase.kd_loss, phase.temperature)
+        loss = loss + phase.kd_weight * kd
         parts["kd"] = float(kd.detach())
     parts["loss"] = float(loss.detach())
     return loss, parts

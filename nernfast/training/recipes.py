@@ -10,16 +10,18 @@ noise_decoupled    phase1 reconstruction, then phase2 distillation on U(low, hig
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..config import PhaseConfig, RunConfig
+from ..config import PhaseConfig, RunConfig, recipe_phases
+from ..models import copy_frozen
 from ..nern import NeRN
 from .context import Context
-from .objectives import ReconTarget
-from .phase import copy_frozen, evaluate_val, run_phase
+from .objectives import PhaseNets, ReconTarget
+from .phase import evaluate_val, run_phase
 from .shared import load_shared, phase1_key, store_shared
 from .state import RunState
 
@@ -29,11 +31,25 @@ def new_nern(cfg: RunConfig, target_model: nn.Module, seed: int, init_from: str 
     n = cfg.nern
     nern = NeRN.from_model(target_model, hidden=n.hidden, num_blocks=n.num_blocks, permutation=n.permutation,
                            normalization=n.normalization, encoding=n.encoding, levels=n.levels, base=n.base,
-                           ffn_features=n.ffn_features, ffn_sigma=n.ffn_sigma, init=n.init)
+                           ffn_features=n.ffn_features, ffn_sigma=n.ffn_sigma, ffn_seed=n.ffn_seed, init=n.init,
+                           kernel_size=n.kernel_size, include=n.include, exclude=n.exclude,
+                           smaller_kernels=n.smaller_kernels)
     if init_from:
         from .init_from import load_predictor_init
         load_predictor_init(nern, init_from)
     return nern
+
+
+@dataclass
+class RecipeResult:
+    """What a recipe produced."""
+    nern: NeRN                           # the kept predictor
+    model: nn.Module                     # the network it reconstructs: supplies BN/FC and unpredicted convs
+    stages: list[dict[str, Any]]         # every phase's result, in order
+
+    def decoded(self) -> nn.Module:
+        """A frozen copy of ``model`` with the kept predictor's weights written in."""
+        return self.nern.materialize_(copy_frozen(self.model))
 
 
 class RecipeRunner:
@@ -61,15 +77,14 @@ class RecipeRunner:
             if shared is not None:
                 self.ctx.logger.info(f"{stage}: reusing the identical phase 1 of an earlier run ({share_key})")
                 self.state.data["done"][stage] = {**shared, "shared_from": share_key}
-        target = ReconTarget(nern.plan, nern.plan.weights_of(target_model), self.ctx.device)
-        shell = copy_frozen(target_model)
-        self.ctx.eval_model = copy_frozen(target_model)
-        distill = self.distill_source(phase)
+        nets = PhaseNets(ReconTarget(nern.plan, nern.plan.weights_of(target_model), self.ctx.device),
+                         copy_frozen(target_model), self.distill_source(phase))
+        eval_model = copy_frozen(target_model)
 
         def run(resume: dict | None, save: Any) -> dict[str, Any]:
-            res = run_phase(self.ctx, nern, target, phase, stage, shell, distill, seed, resume, save)
+            res = run_phase(self.ctx, nern, phase, nets, eval_model, stage, seed, resume, save)
             # Reported, never selected on: the kept predictor is fixed before the test set is read.
-            res["test_acc"], res["test_loss"] = evaluate_val(self.ctx, nern, "test")
+            res["test_acc"], res["test_loss"] = evaluate_val(self.ctx, nern, eval_model, "test")
             res["predictor"] = {k: v.detach().clone() for k, v in nern.predictor.state_dict().items()}
             return res
 
@@ -81,26 +96,24 @@ class RecipeRunner:
         return result
 
     # ---- recipes ---------------------------------------------------------------------------------
-    def run(self) -> tuple[NeRN, nn.Module]:
-        """Returns the final NeRN and the model it reconstructs (whose BN/FC it keeps)."""
+    def run(self) -> RecipeResult:
         cfg, orig = self.cfg, self.ctx.original
         if cfg.recipe == "progressive":
             return self.progressive()
         nern = new_nern(cfg, orig, cfg.seed, cfg.init_from)
-        p1 = cfg.phase1
-        two_phase = cfg.recipe in ("decoupled", "teacher_decoupled", "noise_decoupled")
-        share = phase1_key(self.ctx) if two_phase and cfg.share_phase1 and self.ctx.world == 1 else None
-        self.phase(nern, orig, p1, "phase1-" + p1.name, cfg.seed, share)
-        if two_phase:
-            p2 = cfg.phase2
-            self.phase(nern, orig, p2, "phase2-" + p2.name, cfg.seed + 1)
-        return nern, orig
+        keys = recipe_phases(cfg.recipe)
+        # Recipes with a phase after the first start from the same reconstruction: share it.
+        share = phase1_key(self.ctx) if len(keys) > 1 and cfg.share_phase1 and self.ctx.world == 1 else None
+        for i, key in enumerate(keys):  # phase i draws its batches from seed + i
+            p = getattr(cfg, key)
+            self.phase(nern, orig, p, f"{key}-{p.name}", cfg.seed + i, share if i == 0 else None)
+        return RecipeResult(nern, orig, self.stages)
 
-    def progressive(self) -> tuple[NeRN, nn.Module]:
+    def progressive(self) -> RecipeResult:
         cfg = self.cfg
         target = self.ctx.original
         prev_acc = None
-        kept: tuple[NeRN, nn.Module] | None = None
+        kept: RecipeResult | None = None
         for r in range(1, cfg.progressive.rounds + 1):
             best = None
             for s in range(cfg.progressive.seeds):
@@ -118,9 +131,8 @@ class RecipeRunner:
                 res["stopped_here"] = True
                 break
             prev_acc = res["val_acc"]
-            kept = (nern, target)
+            kept = RecipeResult(nern, target, self.stages)
             # The next round reconstructs this round's reconstruction (BN/FC stay the original's).
             target = copy_frozen(target)
             nern.materialize_(target)
         return kept
-
