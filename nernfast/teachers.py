@@ -2,9 +2,10 @@
 whether the teacher is stronger than the original it should help beat.
 
 ``--teacher`` takes ``NAME`` (pretrained here, seed 0, cached), ``NAME:CKPT`` (a checkpoint or
-nernfast artefact) or ``NAMExK``: an ensemble of K ``NAME`` networks pretrained here with seeds
-1..K (the original is seed 0, so the ensemble never contains it), wrapped as one module
-(:class:`nernfast.models.Ensemble`). Members train in parallel, one pinned thread each.
+nernfast artefact) or ``NAMExK``: an ensemble of the K ``NAME`` networks pretrained here with seeds
+0..K-1, wrapped as one module (:class:`nernfast.models.Ensemble`) -- with the dataset's default
+original, seed 0 *is* the original, so ``resnet20x3`` costs two more pretrainings ("an ensemble of
+originals"). Missing members train side by side, one pinned thread each.
 
 The strength check (:func:`compare_teacher`) runs both networks on the validation split. Rule: the
 teacher is *stronger* when its validation accuracy is at least the original's **and** its
@@ -29,7 +30,7 @@ _ENSEMBLE = re.compile(r"(?P<name>.+?)x(?P<k>\d+)")
 class TeacherSpec:
     name: str
     path: str | None = None   # NAME:CKPT
-    members: int = 0          # NAMExK: K > 0 pretrained members (seeds 1..K)
+    members: int = 0          # NAMExK: K > 0 pretrained members (seeds 0..K-1)
 
 
 def parse_teacher(spec: str) -> TeacherSpec:
@@ -53,18 +54,17 @@ def usable_cpus() -> int:
 
 def pretrain_members(name: str, members: int, dataset: str, data_root: Any = None, device: str = "cpu",
                      epochs: int | None = None, progress: bool = False) -> list:
-    """Paths of the cached checkpoints of ensemble members 1..K, training the missing ones side by
+    """Paths of the cached checkpoints of ensemble members 0..K-1, training the missing ones side by
     side (one pinned thread each, as many at once as this process may use CPUs)."""
     from .pretrain import ensure_pretrained
     jobs = 1 if torch.device(device).type != "cpu" else max(1, min(members, usable_cpus()))
-    seeds = range(1, members + 1)
 
     def one(seed: int):
-        # Only the first member draws a progress bar: parallel bars would interleave.
+        # Only one member draws a progress bar: parallel bars would interleave.
         return ensure_pretrained(name, dataset, data_root=data_root, seed=seed, device=device, epochs=epochs,
-                                 progress=progress and seed == 1)
+                                 progress=progress and seed == members - 1)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(one, seeds))
+        return list(pool.map(one, range(members)))
 
 
 def build_ensemble(name: str, members: int, bundle: Any, dataset: str, data_root: Any = None,
@@ -73,7 +73,7 @@ def build_ensemble(name: str, members: int, bundle: Any, dataset: str, data_root
     from .models import Ensemble, build_model
     paths = pretrain_members(name, members, dataset, data_root, device, epochs, progress)
     nets = [load_model_checkpoint(p, build_model(name, bundle.num_classes, bundle.in_channels)) for p in paths]
-    return Ensemble(nets), f"ensemble of {members} x {name} (seeds 1..{members}: " + ", ".join(map(str, paths)) + ")"
+    return Ensemble(nets), f"ensemble of {members} x {name} (seeds 0..{members - 1}: " + ", ".join(map(str, paths)) + ")"
 
 
 @torch.no_grad()

@@ -62,3 +62,27 @@ def test_the_original_as_its_own_teacher_is_not_stronger(nets, tmp_path, capfd):
     assert "not stronger than the original" in capfd.readouterr().err
     assert json.loads((tmp_path / "results.json").read_text())["teacher_check"]["rule"].startswith("teacher val")
     assert math.isfinite(res["teacher_check"]["teacher_val_loss"])
+
+
+def test_ensemble_members_are_seeds_0_to_k_minus_1_trained_side_by_side(monkeypatch, tmp_path):
+    import threading
+    import time
+    from nernfast import pretrain, teachers
+    seen, live, peak = [], [0], [0]
+    lock = threading.Lock()
+
+    def fake(name, dataset, data_root=None, seed=0, device="cpu", epochs=None, progress=False):
+        with lock:
+            seen.append((name, dataset, seed, progress))
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.2)
+        with lock:
+            live[0] -= 1
+        return tmp_path / f"{name}-{seed}.pt"
+    monkeypatch.setattr(pretrain, "ensure_pretrained", fake)
+    monkeypatch.setattr(teachers, "usable_cpus", lambda: 2)
+    paths = teachers.pretrain_members("resnet20", 3, "digits", progress=True)
+    assert paths == [tmp_path / f"resnet20-{s}.pt" for s in range(3)]
+    assert sorted(s for _, _, s, _ in seen) == [0, 1, 2] and peak[0] == 2
+    assert [s for _, _, s, p in seen if p] == [2]  # one progress bar
