@@ -122,7 +122,7 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     out: str | None = None
-    precision: str = "float32"           # float32 | bf16 (autocast in data-driven phases)
+    precision: str = "float32"           # float32 | bf16 (autocast: predictor compute and data-phase CNNs)
     channels_last: bool = False
     share_phase1: bool = True            # reuse an identical earlier run's phase 1 (nernfast.training.shared)
     nern: NeRNConfig = field(default_factory=NeRNConfig)

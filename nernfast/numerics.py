@@ -63,11 +63,30 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it is not readable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 dot products natively (AVX-512 BF16 or AMX). Without them
+    oneDNN emulates bf16 with fp32 instructions, which is slower than plain fp32: never a default."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
 def describe() -> dict[str, Any]:
     """What decided this process's CPU numerics (recorded with checkpoints and run results)."""
     import torch
     return {"pinned": is_pinned(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": str(torch.__version__),
+            "cpu": cpu_name(), "native_bf16": native_bf16(), "threads": torch.get_num_threads(),
+            "torch": str(torch.__version__),
             "env": {k: os.environ.get(k) for k in PINNED_ENV}}
 
 

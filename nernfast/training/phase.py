@@ -90,6 +90,8 @@ class _PhaseLoop:
             self.step_model = nn.parallel.DistributedDataParallel(_DataStep(nern), broadcast_buffers=False)
         self.autocast_dtype = torch.bfloat16 if ctx.cfg.precision == "bf16" else None
         self.step = 0
+        self.wall = 0.0                  # seconds spent in this phase before the current process's part
+        self.t_start = time.perf_counter()
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
 
@@ -121,6 +123,7 @@ class _PhaseLoop:
                 self.stream.load_state_dict(resume["stream"])
             self.nets.target.sq_error = resume["sq_error"]
             self.step, self.history, self.best = resume["step"], resume["history"], resume["best"]
+            self.wall = resume.get("wall_s", 0.0)
             return
         s, info = self.score()
         self.best = {"score": s, "step": 0, "predictor": _clone_state(self.nern.predictor), "info": info}
@@ -131,7 +134,12 @@ class _PhaseLoop:
         return {"stage": self.stage, "step": self.step, "predictor": _clone_state(self.nern.predictor),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "gen": self.gen.get_state(),
                 "stream": self.stream.state_dict() if self.stream is not None else None,
-                "sq_error": self.nets.target.sq_error, "history": self.history, "best": self.best}
+                "sq_error": self.nets.target.sq_error, "history": self.history, "best": self.best,
+                "wall_s": self.elapsed()}
+
+    def elapsed(self) -> float:
+        """Wall seconds of this phase so far (steps and evaluations; resumed runs included)."""
+        return self.wall + time.perf_counter() - self.t_start
 
     def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         """This step's loss on a fresh weight batch (and image batch in data-driven steps)."""
@@ -144,14 +152,17 @@ class _PhaseLoop:
                 x = x.contiguous(memory_format=torch.channels_last)
             args = (phase, self.nets, idx, x, self.autocast_dtype)
             return self.step_model(*args) if self.step_model is not None else data_loss(nern, *args)
-        loss = target.fast_loss(nern, idx, phase.recon_loss) * phase.recon_weight
+        # bf16 predictor compute (fp32 master weights and loss) when the run's precision asks for it.
+        with torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            loss = target.fast_loss(nern, idx, phase.recon_loss) * phase.recon_weight
         return loss, {"loss": float(loss.detach())}
 
     def evaluate(self, parts: dict[str, float]) -> bool:
         """Score at an evaluation point and keep the best; True when the patience ran out."""
         phase, step = self.phase, self.step
         s, info = self.score()
-        rec = {"stage": self.stage, "step": step, "lr": self.sched.get_last_lr()[0], **parts, **info}
+        rec = {"stage": self.stage, "step": step, "wall_s": round(self.elapsed(), 2), "lr": self.sched.get_last_lr()[0],
+               **parts, **info}
         self.history.append(rec)
         self.ctx.logger.log(rec)
         if s > self.best["score"] or phase.select == "last":
@@ -207,6 +218,7 @@ def run_phase(ctx: Context, nern: NeRN, phase: PhaseConfig, nets: PhaseNets, eva
     with torch.no_grad():
         err = nets.target.error(nern.rows())
     best = loop.best
-    return {"stage": stage, "phase": asdict(phase), "steps_run": loop.step, "best_step": best["step"],
+    return {"stage": stage, "phase": asdict(phase), "steps_run": loop.step, "wall_s": round(loop.elapsed(), 1),
+            "best_step": best["step"],
             "selected_by": phase.select, "score": best["score"], **best["info"],
             "recon_l2": err["l2"], "recon_mse": err["mse"], "diverged": diverged, "history": loop.history}
