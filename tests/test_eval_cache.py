@@ -24,6 +24,9 @@ def test_cached_evaluation_is_keyed_by_weights_data_and_settings():
     again = evaluate_cached(net, b, **QUICK)
     assert first["cached"] is None and again["cached"]
     assert again["accuracy"] == first["accuracy"] == evaluate_model(net, b, **QUICK)["accuracy"]
+    # Per-image outcomes for paired comparisons: one character per test image, in split order.
+    assert len(first["correct"]) == len(b.test) and set(first["correct"]) <= {"0", "1"}
+    assert first["correct"].count("1") / len(b.test) == first["accuracy"] and again["correct"] == first["correct"]
     assert evaluate_cached(other, b, **QUICK)["cached"] is None            # other weights
     assert evaluate_cached(net, b, **{**QUICK, "split": "val"})["cached"] is None  # other settings
     assert state_digest(net) != state_digest(other)

@@ -42,8 +42,9 @@ def attack_defaults(dataset: str) -> dict:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu",
-             max_batches: Optional[int] = None) -> tuple[float, float]:
-    """(top-1 accuracy, mean cross-entropy) of ``model`` in eval mode over ``loader``."""
+             max_batches: Optional[int] = None, outcomes: Optional[list] = None) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) of ``model`` in eval mode over ``loader``; with
+    ``outcomes``, each example's 0/1 correctness is appended to it (in loader order)."""
     was_training = model.training
     model.eval()
     correct = total = 0
@@ -56,8 +57,11 @@ def accuracy(model: nn.Module, loader: Iterable, device: str | torch.device = "c
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 logits = model(x)
                 loss += F.cross_entropy(logits, y, reduction="sum").item()
-                correct += (logits.argmax(1) == y).sum().item()
+                hit = logits.argmax(1) == y
+                correct += hit.sum().item()
                 total += len(y)
+                if outcomes is not None:
+                    outcomes.extend(hit.int().tolist())
     finally:
         model.train(was_training)
     return correct / max(total, 1), loss / max(total, 1)
@@ -69,8 +73,9 @@ def evaluate_model(model: nn.Module, bundle: DataBundle, device: str | torch.dev
                    ood_root=None, max_batches: Optional[int] = None, ifgsm_alpha: Optional[float] = None,
                    seed: int = 0, attacks: bool = True, log: Optional[Callable[[str], None]] = None) -> dict:
     """Every figure of the paper's evaluation for ``model`` on ``bundle``'s ``split``, with the
-    settings used. Keys: accuracy, loss, fgsm_accuracy (at the first eps), fgsm {eps: acc},
-    ifgsm_accuracy, ood_accuracy, ood {source, per_corruption, ...}, settings, seconds.
+    settings used. Keys: accuracy, loss, correct (per-image 0/1 string), fgsm_accuracy (at the
+    first eps), fgsm {eps: acc}, ifgsm_accuracy, ood_accuracy, ood {source, per_corruption, ...},
+    settings, seconds.
     ``log`` receives one line per figure as it is measured (progress for long evaluations)."""
     with cpu_threads_for(bundle, device):
         return _evaluate(model, bundle, device, split, batch_size, fgsm_eps, ifgsm_eps, ifgsm_steps, ifgsm_alpha,
@@ -107,9 +112,12 @@ def _evaluate(model, bundle, device, split, batch_size, fgsm_eps, ifgsm_eps, ifg
     n = len(bundle.split(split))
     if max_batches is not None:
         n = min(n, max_batches * batch_size)
-    acc, loss = accuracy(model, loader(), device, max_batches)
+    outcomes: list[int] = []
+    acc, loss = accuracy(model, loader(), device, max_batches, outcomes)
     say(f"accuracy {100 * acc:.2f} % on {n} {split} images")
-    res: dict = {"dataset": bundle.name, "split": split, "num_examples": n, "accuracy": acc, "loss": loss}
+    # Per-image outcomes ('1' = correct, in split order) for comparisons paired by image.
+    res: dict = {"dataset": bundle.name, "split": split, "num_examples": n, "accuracy": acc, "loss": loss,
+                 "correct": "".join(map(str, outcomes))}
     if attacks:
         res["fgsm"] = {}
         for e in fgsm_eps:
