@@ -20,8 +20,10 @@ $(STAMP): $(VENV)/.deps setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu)
 
 setup: $(STAMP)
 
+# Rerunning the demo replaces the previous demo run (--overwrite); `python -m nernfast.train` alone
+# refuses to overwrite an existing run.
 demo: $(STAMP)
-	$(VPY) -m nernfast.train --recipe teacher_decoupled
+	$(VPY) -m nernfast.train --recipe teacher_decoupled --overwrite
 
 test: $(STAMP)
 	$(VPY) -m pytest tests -q --durations=15

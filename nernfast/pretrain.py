@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -302,7 +301,7 @@ def ensure_pretrained(model_name: str, dataset: str, data_root=None, cache_dir=N
 # ---------------------------------------------------------------------------------------------- CLI
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .data import DATASETS, DatasetError
+    from .data import DATASETS
     from .models import MODEL_NAMES
 
     p = argparse.ArgumentParser(prog="python -m nernfast.pretrain", description=__doc__.split("\n\n")[0])
@@ -323,14 +322,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     a = p.parse_args(argv)
+    from .cli import check_device, fail, user_errors
     try:
+        check_device(a.device, allow_auto=True)
         res = pretrain(a.model, a.dataset, epochs=a.epochs, out=a.out, data_root=a.data_root, seed=a.seed,
                        device=a.device, lr=a.lr, batch_size=a.batch_size, progress=not a.no_progress,
                        weight_decay=a.weight_decay, val_fraction=a.val_fraction, image_size=a.image_size,
                        in_channels=a.in_channels)
-    except (DatasetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except user_errors() as e:
+        return fail(e)
     print(f"model: {res['model']} on {res['dataset']} (seed {res['seed']}, {res['epochs']} epochs)")
     print(f"best epoch: {res['best_epoch']}")
     if res["val_accuracy"] is not None:

@@ -45,9 +45,10 @@ class Network:
     architecture: dict[str, Any] | None   # recorded by a nernfast artefact; None for checkpoints
 
 
-def load_network(name: str, path: str | None, bundle: DataBundle, cfg: RunConfig, device: torch.device) -> Network:
+def load_network(name: str, path: str | None, bundle: DataBundle, cfg: RunConfig, device: torch.device,
+                 trust_pickle: bool = False) -> Network:
     """A trained network: from a checkpoint or nernfast artefact at ``path`` (read once), else
-    pretrained here (cached)."""
+    pretrained here (cached). ``trust_pickle``: see nernfast.checkpoints."""
     from ..checkpoints import file_format, load_model_checkpoint
     from ..pretrain import ensure_pretrained
     if path is None:
@@ -62,7 +63,7 @@ def load_network(name: str, path: str | None, bundle: DataBundle, cfg: RunConfig
         arch = meta.get("architecture") or {}
         return Network(model.eval(), f"nernfast artefact {path} ({arch.get('name', 'custom model')})", arch)
     model = build_model(name, bundle.num_classes, bundle.in_channels)
-    return Network(load_model_checkpoint(path, model), path, None)
+    return Network(load_model_checkpoint(path, model, trust_pickle), path, None)
 
 
 def parse_teacher(spec: str) -> tuple[str, str | None]:
@@ -71,21 +72,23 @@ def parse_teacher(spec: str) -> tuple[str, str | None]:
     return name, (path or None)
 
 
-def build_context(cfg: RunConfig, out: Path, progress: bool = True) -> Context:
+def build_context(cfg: RunConfig, out: Path, progress: bool = True, trust_pickle: bool = False) -> Context:
+    """Load the data and the networks (nothing is written to ``out`` here)."""
+    from ..cli import check_device
     from ..data import get_dataset
     from ..pretrain import DEFAULT_TEACHER
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    device = torch.device(cfg.device if cfg.device != "cuda" or torch.cuda.is_available() else "cpu")
-    if cfg.device.startswith("cuda") and world > 1:
+    device = check_device(cfg.device)
+    if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     bundle = get_dataset(cfg.dataset, cfg.data_root, seed=0)
     logger = RunLogger(out, rank, progress)
-    orig = load_network(cfg.model, cfg.original, bundle, cfg, device)
+    orig = load_network(cfg.model, cfg.original, bundle, cfg, device, trust_pickle)
     original = copy_frozen(orig.model).to(device)
     teacher, tsrc = None, None
     if needs_teacher(cfg):
         name, path = parse_teacher(cfg.teacher or DEFAULT_TEACHER.get(cfg.dataset, "resnet56"))
-        t = load_network(name, path, bundle, cfg, device)
+        t = load_network(name, path, bundle, cfg, device, trust_pickle)
         teacher, tsrc = copy_frozen(t.model).to(device), t.source
     if cfg.channels_last:
         original = original.to(memory_format=torch.channels_last)

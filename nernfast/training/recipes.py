@@ -10,6 +10,7 @@ noise_decoupled    phase1 reconstruction, then phase2 distillation on U(low, hig
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ class RecipeResult:
     nern: NeRN                           # the kept predictor
     model: nn.Module                     # the network it reconstructs: supplies BN/FC and unpredicted convs
     stages: list[dict[str, Any]]         # every phase's result, in order
+    diverged: str | None = None          # the message of the phase whose loss became NaN/Inf (the recipe stopped)
 
     def decoded(self) -> nn.Module:
         """A frozen copy of ``model`` with the kept predictor's weights written in."""
@@ -93,7 +95,9 @@ class RecipeRunner:
         nern = new_nern(cfg, orig, cfg.seed, cfg.init_from)
         for i, key in enumerate(recipe_phases(cfg.recipe)):  # phase i draws its batches from seed + i
             p = getattr(cfg, key)
-            self.phase(nern, orig, p, f"{key}-{p.name}", cfg.seed + i)
+            res = self.phase(nern, orig, p, f"{key}-{p.name}", cfg.seed + i)
+            if res["diverged"]:
+                return RecipeResult(nern, orig, self.stages, res["diverged"])
         return RecipeResult(nern, orig, self.stages)
 
     def progressive(self) -> RecipeResult:
@@ -108,6 +112,8 @@ class RecipeRunner:
                 nern = new_nern(cfg, target, seed, cfg.init_from if r == 1 else None)
                 res = self.phase(nern, target, cfg.phase1, f"round{r}-seed{s}", seed)
                 res["round"], res["seed"] = r, seed
+                if res["diverged"]:  # keep the last kept round, else this seed's best so far
+                    return dataclasses.replace(kept or RecipeResult(nern, target, self.stages), diverged=res["diverged"])
                 if best is None or res["val_acc"] > best[0]["val_acc"]:
                     best = (res, nern)
             res, nern = best
