@@ -59,15 +59,58 @@ def copy_run(run_dir: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return d, snapshot(d)
 
 
-def unprivileged(argv: list[str]) -> subprocess.CompletedProcess:
-    """Run ``python -m nernfast.train argv`` so that file permissions apply even as root (CI runs as
-    root, which ignores them): without the capabilities that override them."""
-    cmd = [sys.executable, "-m", "nernfast.train", *argv]
+_DRIVER = """
+import contextlib, io, json, sys, traceback
+from nernfast.train import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse
+            rc = e.code
+        except Exception:
+            traceback.print_exc()
+            rc = 1
+    results.append([rc, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def unprivileged(calls: list[list[str]]) -> list[tuple[int, str]]:
+    """``nernfast.train.main(argv)`` for each argv in one subprocess (one start-up), so that file
+    permissions apply even as root (CI runs as root, which ignores them): without the capabilities
+    that override them. Returns (exit code, stderr) per call."""
+    cmd = [sys.executable, "-c", _DRIVER, json.dumps(calls)]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         assert setpriv, "setpriv (util-linux) is needed to drop root's override capabilities for this test"
         cmd = [setpriv, "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--inh-caps=-all", "--", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return [tuple(x) for x in json.loads(r.stdout.strip().splitlines()[-1])]
+
+
+@pytest.fixture(scope="module")
+def read_only(orig, run_dir, tmp_path_factory):
+    """Cases 2 and 12 in one unprivileged subprocess: a read-only run directory (--overwrite,
+    --resume) and a new --out inside a read-only directory."""
+    tmp = tmp_path_factory.mktemp("ro")
+    run, _ = copy_run(run_dir, tmp)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "out": str(run)}, sort_keys=False))  # not moved
+    before = snapshot(run)
+    parent = tmp / "parent"
+    parent.mkdir()
+    for d in (run, parent):
+        d.chmod(0o555)
+    try:
+        res = unprivileged([base(orig, run, "--resume"), base(orig, run, "--overwrite"), base(orig, parent / "run")])
+    finally:
+        for d in (run, parent):
+            d.chmod(0o755)
+    return {"run": run, "before": before, "parent": parent, "results": res}
 
 
 # ---- 1, 2, 12, 15, 16: the output directory --------------------------------------------------------------
@@ -96,29 +139,17 @@ def test_1_demo_and_report_grid_overwrite_their_own_runs():
     assert "overwrite=True" in inspect.getsource(report.train_nern)
 
 
-def test_2_unwritable_existing_run_is_found_before_any_work(orig, run_dir, tmp_path):
-    d, before = copy_run(run_dir, tmp_path)
-    d.chmod(0o555)
-    try:
-        for flag in ("--overwrite", "--resume"):
-            r = unprivileged(base(orig, d, flag))
-            check_clear_error(r.returncode, r.stderr, f"--out {d}", "cannot write", "make it writable",
-                              "another --out")
-    finally:
-        d.chmod(0o755)
-    assert snapshot(d) == before
+def test_2_unwritable_existing_run_is_found_before_any_work(read_only):
+    d = read_only["run"]
+    for code, err in read_only["results"][:2]:  # --resume, --overwrite
+        check_clear_error(code, err, f"--out {d}", "cannot write", "make it writable", "another --out")
+    assert snapshot(d) == read_only["before"]
 
 
-def test_12_out_in_a_read_only_directory(orig, tmp_path):
-    parent = tmp_path / "ro"
-    parent.mkdir()
-    parent.chmod(0o555)
-    try:
-        r = unprivileged(base(orig, parent / "run"))
-    finally:
-        parent.chmod(0o755)
-    check_clear_error(r.returncode, r.stderr, "cannot write", "permission denied", "another --out")
-    assert list(parent.iterdir()) == []
+def test_12_out_in_a_read_only_directory(read_only):
+    code, err = read_only["results"][2]
+    check_clear_error(code, err, "cannot write", "permission denied", "another --out")
+    assert list(read_only["parent"].iterdir()) == []
 
 
 def test_12_out_naming_a_file(orig, tmp_path, cli_error):
