@@ -3,7 +3,6 @@ documented code and ONE stderr line naming the problem and the fix (conftest.che
 and nothing the user had changes. Case 3 (artefact integrity) lives with the artefact tests."""
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
