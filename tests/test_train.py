@@ -206,7 +206,8 @@ def test_help_mentions_every_flag(capsys):
         train_cli.main(["--help"])
     out = capsys.readouterr().out
     for flag in ("--recipe", "--model", "--dataset", "--data-root", "--original", "--teacher", "--hidden",
-                 "--config", "--set", "--out", "--device", "--seed", "--resume", "--init-from"):
+                 "--config", "--set", "--out", "--device", "--seed", "--resume", "--overwrite", "--init-from",
+                 "--trust-pickle"):
         assert flag in out
 
 
