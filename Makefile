@@ -29,8 +29,10 @@ data:
 	else echo "data: Fashion-MNIST missing: installing Debian's dataset-fashion-mnist with apt-get"; \
 	  $(SUDO) apt-get install -y -q dataset-fashion-mnist || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }; fi
 
+# Rerunning the demo replaces the previous demo run (--overwrite); `python -m nernfast.train` alone
+# refuses to overwrite an existing run.
 demo: $(STAMP)
-	$(VPY) -m nernfast.train --recipe teacher_decoupled
+	$(VPY) -m nernfast.train --recipe teacher_decoupled --overwrite
 
 test: $(STAMP)
 	$(VPY) -m pytest tests -q --durations=15

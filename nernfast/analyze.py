@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset for accuracy/loss (default: from the artefact or checkpoint)")
     p.add_argument("--data-root")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow unpickling a checkpoint that holds Python objects (runs code from the file)")
     p.add_argument("--points", type=int, default=11, help="interpolate: number of a values in [0, 1]")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="interpolate: split")
     p.add_argument("--grid", type=int, default=11, help="landscape: grid points per axis")
@@ -80,7 +82,7 @@ def _evaluator(a: argparse.Namespace, bundle, split: str):
 def run(a: argparse.Namespace, command: str) -> dict[str, Any]:
     out = Path(a.out)
     labels = _labels(a)
-    cks = [load_weights(c, a.model, a.dataset) for c in a.checkpoint]
+    cks = [load_weights(c, a.model, a.dataset, a.trust_pickle) for c in a.checkpoint]
     result: dict[str, Any] = {"what": a.what, "command": command, "checkpoints": dict(zip(labels, a.checkpoint))}
     needs_original = a.what != "landscape" or len(cks) == 2
     if a.what == "landscape" and len(cks) not in (2, 3):
@@ -88,7 +90,7 @@ def run(a: argparse.Namespace, command: str) -> dict[str, Any]:
                             f"or three checkpoints without --original; got {len(cks)}")
     if a.what == "landscape" and len(cks) == 3 and a.original:
         raise AnalysisError("landscape with three checkpoints spans their plane; drop --original")
-    orig = load_original(cks[0], a.original, a.data_root) if needs_original else None
+    orig = load_original(cks[0], a.original, a.data_root, a.trust_pickle) if needs_original else None
     if orig is not None:
         result["original"] = orig.source
     layers = cks[0].layers
@@ -194,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser().parse_args(argv)
     command = "python -m nernfast.analyze " + " ".join(shlex.quote(x) for x in argv)
+    from .cli import check_device, fail, user_errors
     try:
+        check_device(a.device)
         res = run(a, command)
-    except (AnalysisError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except user_errors() as e:  # AnalysisError is a ValueError
+        return fail(e)
     print(f"wrote {res['plot']} and {Path(a.out) / (a.what + '.csv')}, {Path(a.out) / (a.what + '.json')}")
     if a.what == "lowfreq":
         for l, s in res["summary"].items():

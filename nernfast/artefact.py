@@ -104,6 +104,11 @@ def load_nern(path: str | Path, model: nn.Module | None = None, device: str | to
     plan = WeightPlan.from_meta(meta["plan"], tensors["plan.perm"].long())
     plan.modules_of(model)  # raises PlanError naming every mismatch
     rest = _sub(tensors, "model.")
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in rest.items() if k in own and v.shape != own[k].shape]
+    if bad:
+        raise PlanError(f"artefact {path} does not fit {type(model).__name__} (artefact vs model: {', '.join(bad[:4])}); "
+                        "build the model with the artefact's number of classes and input channels")
     missing, unexpected = model.load_state_dict(rest, strict=False)
     predicted = {f"{n}.weight" for n in plan.names}
     missing = [k for k in missing if k not in predicted]

@@ -60,17 +60,17 @@ def file_format(path: str | os.PathLike) -> str:
         head = f.read(9)
         if not head:
             return "empty"
-        if head.startswith(b"PK\x03\x04"):
-            return "torch"
-        if head.startswith(b"\x80"):
-            return "pickle"
-        n = int.from_bytes(head[:8], "little")
+        n = int.from_bytes(head[:8], "little")  # safetensors: u64 header length, then the JSON header
         if len(head) == 9 and head[8:9] == b"{" and 2 <= n <= _MAX_HEADER:
             try:
                 meta = json.loads(head[8:] + f.read(n - 1)).get("__metadata__") or {}
             except (ValueError, AttributeError):
                 return "artefact"
             return "artefact" if "nernfast" in meta else "safetensors"
+        if head.startswith(b"PK\x03\x04"):
+            return "torch"
+        if head.startswith(b"\x80"):
+            return "pickle"
         f.seek(0)
         start = f.read(4096)
     try:
@@ -87,23 +87,42 @@ def _is_tensor_dict(obj: Any) -> bool:
 
 
 def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
-    """``torch.load`` with ``weights_only=True`` (tensors, containers, primitives only)."""
+    """``torch.load`` with ``weights_only=True`` (tensors, containers, primitives only); a plain
+    safetensors file is read as its state_dict. Files that are no checkpoint at all (text, empty,
+    a nernfast artefact) are refused with a message saying what they are."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    kind = file_format(path)
+    fix = "pass a state_dict saved with torch.save(model.state_dict(), path)"
+    if kind in ("text", "empty"):
+        what = "an empty file" if kind == "empty" else "a text file (e.g. a README, YAML or JSON)"
+        raise CheckpointError(f"{path} is {what}, not a model checkpoint; {fix}")
+    if kind == "artefact":
+        raise CheckpointError(f"{path} is a nernfast artefact, not a state_dict checkpoint; load it with "
+                              "nernfast.load(path)")
+    if kind == "safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own types
+            raise CheckpointError(f"{path}: damaged safetensors file ({e}); {fix} or re-export it") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        m = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if m is None and "Unsupported" not in str(e):  # not a refused object: the bytes are damaged
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({e}); {fix} or re-export it") from None
         if not trust_pickle:
-            m = re.search(r"GLOBAL ([\w.]+)", str(e))
             found = f" (it refers to {m.group(1)})" if m else ""
             raise CheckpointError(PICKLE_REFUSED.format(path=path) + found) from None
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e2:  # noqa: BLE001
             raise CheckpointError(f"{path}: could not be unpickled even with --trust-pickle: {e2}") from e2
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+    except Exception as e:  # noqa: BLE001 - damaged files fail anywhere in the unpickler (KeyError, ...)
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e}); {fix} or "
+                              "re-export it") from None
 
 
 def extract_state_dict(obj: Any, path: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
@@ -165,15 +184,15 @@ def load_model_checkpoint(path: str | os.PathLike, model: nn.Module, trust_pickl
     return model
 
 
-def save_checkpoint_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same directory, then ``os.replace`` it onto
-    ``path``: readers never see a partial file."""
+def _write_atomic(path: str | os.PathLike, write: Any) -> Path:
+    """``write(file)`` into a temporary file in the same directory, then ``os.replace`` it onto
+    ``path``: readers never see a partial file, and a failed write leaves the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -185,3 +204,13 @@ def save_checkpoint_atomic(obj: Any, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def save_checkpoint_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` atomically (see ``_write_atomic``)."""
+    return _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (see ``_write_atomic``)."""
+    return _write_atomic(path, lambda f: f.write(text.encode()))

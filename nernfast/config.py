@@ -16,7 +16,8 @@ Resolution order, each layer overriding the ones before it:
 6. explicit CLI flags (``--model``, ``--hidden``, ``--seed``, ...);
 7. ``--set key=value`` overrides (dotted keys, values parsed as YAML scalars).
 
-Unknown keys and values of the wrong type are rejected with the list of valid keys. The resolved
+Unknown keys and values of the wrong type are rejected with the list of valid keys, and values outside
+their range (nernfast.config_checks) with the key, the value and the range. The resolved
 config is saved with every run (``OUT/config.yaml``) and inside the artefact.
 """
 from __future__ import annotations
@@ -313,6 +314,8 @@ def resolve(recipe: str | None = None, config: str | Path | None = None, sets: l
     apply(cfg, {k: v for k, v in cli.items() if v is not None})
     apply(cfg, parse_set(sets or []))
     _check_recipe(cfg.recipe)
+    from .config_checks import check
+    check(cfg)
     return cfg
 
 

@@ -165,5 +165,6 @@ class _PredictedWeight(nn.Module):
         self._shared = [shared]  # a list keeps the NeRN out of this module's children
         self.index = index
 
-    def forward(self, _original: torch.Tensor) -> torch.Tensor:
-        return self._shared[0].get(self.index)
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        # In the conv's dtype and device (after model.half() / .to()), as materialize_ writes it.
+        return self._shared[0].get(self.index).to(original)

@@ -331,7 +331,7 @@ def train_checkpoint(model_name: str, dataset: str, out: Path, epochs: Optional[
 # ---------------------------------------------------------------------------------------------- CLI
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .data import DATASETS, DatasetError
+    from .data import DATASETS
     from .models import MODEL_NAMES
 
     p = argparse.ArgumentParser(prog="python -m nernfast.pretrain", description=__doc__.split("\n\n")[0])
@@ -356,6 +356,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="on the CPU, use this machine's fastest kernels instead of the pinned AVX2/one-thread "
                         "numerics (faster, but another machine trains a slightly different network)")
     a = p.parse_args(argv)
+    from .cli import check_device, fail, user_errors
+    try:
+        check_device(a.device, allow_auto=True)
+    except user_errors() as e:
+        return fail(e)
     if argv is None and not a.native_numerics and not numerics.is_pinned() and resolve_device(a.device).type == "cpu":
         # The pinned numerics are read when the libraries start: rerun this command in a child that has them.
         return numerics.run_pinned(["-m", "nernfast.pretrain", *sys.argv[1:]])
@@ -364,9 +369,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                        device=a.device, lr=a.lr, batch_size=a.batch_size, progress=not a.no_progress,
                        weight_decay=a.weight_decay, val_fraction=a.val_fraction, image_size=a.image_size,
                        in_channels=a.in_channels, max_steps=a.max_steps)
-    except (DatasetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except user_errors() as e:
+        return fail(e)
     print(f"model: {res['model']} on {res['dataset']} (seed {res['seed']}, {res['epochs']} epochs)")
     print(f"best epoch: {res['best_epoch']}")
     if res["val_accuracy"] is not None:

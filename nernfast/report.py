@@ -255,7 +255,7 @@ def train_nern(job: Job, env: Env, bundle) -> dict[str, Any]:
                   seed=job.seed, device=env.device, out=str(out),
                   original=_decoded_checkpoint(env, job.original_job) if job.original_job else None,
                   init_from=_artefact(env, job.init_from_job) if job.init_from_job else None)
-    res = run(cfg, progress=False)
+    res = run(cfg, progress=False, overwrite=True)  # the grid owns its work dir: a rerun replaces the run
     net = build_model(env.model, bundle.num_classes, bundle.in_channels)
     nern, net, _ = load_nern(out / "nern.safetensors", model=net)
     nern.materialize_(net)

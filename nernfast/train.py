@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import yaml
 
 from . import numerics
-from .config import RECIPES, ConfigError, RunConfig, resolve, to_dict
+from .config import RECIPES, RunConfig, resolve, to_dict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, help="seed for predictor init, weight batches and data order")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (without it, an "
+                                                           "existing run is refused)")
     p.add_argument("--init-from", help="initialise the predictor from a nernfast artefact or a public NeRN "
                                        "predictor state_dict (same hidden size and encoding)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow unpickling an --original/--teacher checkpoint that holds Python objects (runs code "
+                        "from the file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--eval", choices=("quick", "full"), dest="eval_mode",
                    help="final evaluation: quick = clean accuracy only, full = + attacks and OOD (default: full)")
@@ -91,6 +95,10 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad input (one line on stderr names the problem and the fix), 3 a phase
+    diverged (nernfast.cli; docs/errors.md)."""
+    from .cli import EXIT_DIVERGED, fail, user_errors
+    from .training.phase import PhaseDiverged
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve(args.recipe, args.config, args.set, model=args.model, dataset=args.dataset,
@@ -100,42 +108,44 @@ def main(argv: list[str] | None = None) -> int:
                       # --eval maps onto EvalConfig's own switches
                       eval={"ood": args.eval_mode == "full", "attacks": args.eval_mode == "full"}
                       if args.eval_mode is not None else None)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from .checkpoints import CheckpointError
-    from .data import DatasetError
-    try:
-        run(cfg, resume=args.resume, progress=not args.no_progress)
-    except (ConfigError, FileNotFoundError, ValueError, DatasetError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        run(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
+            trust_pickle=args.trust_pickle)
+    except PhaseDiverged as e:
+        return fail(e, EXIT_DIVERGED)
+    except user_errors() as e:
+        return fail(e)
     return 0
 
 
-def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run a resolved config end to end; returns (and writes) the results."""
+def run(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite: bool = False,
+        trust_pickle: bool = False) -> dict[str, Any]:
+    """Run a resolved config end to end; returns (and writes) the results.
+
+    ``--out`` is checked before any work (nernfast.training.outdir): an existing run is continued
+    only with ``resume`` and replaced only with ``overwrite``. Raises PhaseDiverged (carrying the
+    results) after writing the outputs when a phase's loss became NaN/Inf."""
+    from .artefact import save_artefact
+    from .checkpoints import write_text_atomic
+    from .config_checks import check
     from .eval import evaluate_cached, evaluate_model
     from .training.context import build_context
+    from .training.outdir import check_out, start_out
+    from .training.phase import PhaseDiverged
     from .training.recipes import RecipeRunner
     from .training.state import RunState
 
+    check(cfg)  # resolve checks too; this covers configs changed in code since
     if "LOCAL_RANK" in os.environ and not dist.is_initialized():
         dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
     out = Path(cfg.out or f"runs/{cfg.recipe}-{cfg.dataset}-{cfg.model}")
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     if rank0:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg_path = out / "config.yaml"
-        if resume and cfg_path.exists():
-            saved = yaml.safe_load(cfg_path.read_text())
-            if saved != to_dict(cfg):
-                raise ConfigError(f"--resume: the config differs from the one saved in {cfg_path}; "
-                                  "resume with the same arguments or start a new --out")
-        cfg_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        check_out(out, cfg, resume, overwrite)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-    ctx = build_context(cfg, out, progress)
+    ctx = build_context(cfg, out, progress, trust_pickle)
+    if rank0:
+        start_out(out, cfg, overwrite)
     state = RunState(out / "train_state.pt", resume, enabled=rank0)
     produced = RecipeRunner(ctx, state).run()
     nern = produced.nern
@@ -146,7 +156,7 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str
     final_model = produced.decoded()
 
     def say(who: str):
-        return lambda line: ctx.logger.info(f"evaluating {who}: {line}")
+        return lambda line: ctx.logger.status(f"evaluating {who}: {line}")
     # The original and the teacher are the same from run to run: their evaluations are cached.
     results: dict[str, Any] = {
         "recipe": cfg.recipe, "model": cfg.model, "dataset": cfg.dataset,
@@ -162,20 +172,23 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str
         "environment": {"torch": str(torch.__version__), "python": platform.python_version(),
                         "machine": platform.machine(), "cpu": numerics.cpu_name(),
                         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                        "device": str(ctx.device), "threads": torch.get_num_threads()},
+                        "native_bf16": numerics.native_bf16(), "device": str(ctx.device),
+                        "threads": torch.get_num_threads()},
         "wall_seconds": None,
+        "diverged": produced.diverged,
     }
     if rank0:
-        from .artefact import save_artefact
         art = save_artefact(out / "nern.safetensors", nern, produced.model, ctx.architecture, to_dict(cfg),
                             {"final": _summary(results["final"]), "original": _summary(results["original"])})
         results["sizes"]["artefact_bytes"] = art.stat().st_size
         results["artefact"] = str(art)
         results["wall_seconds"] = round(time.time() - t0, 1)
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+        write_text_atomic(out / "results.json", json.dumps(results, indent=2, default=float))
         print(result_table(results))
         print(f"wrote {out / 'results.json'} and {art}")
     ctx.logger.close()
+    if produced.diverged:
+        raise PhaseDiverged(f"{produced.diverged} The outputs in {out} hold that predictor.", results)
     return results
 
 

@@ -32,3 +32,27 @@ def _seed():
 def cache(tmp_path_factory):
     """One permutation cache per test module: models rebuilt with the same seed reuse it."""
     return tmp_path_factory.mktemp("perm-cache")
+
+
+def check_clear_error(code: int, stderr: str, *fragments: str, expect_code: int = 2) -> str:
+    """Assert a clear CLI error: exit code ``expect_code`` and ONE stderr line, ``error: ...``,
+    containing every fragment (case-insensitive; name the problem and the fix). Returns the line."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert code == expect_code, f"exit code {code}, expected {expect_code}; stderr:\n{stderr}"
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{stderr}"
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for f in fragments:
+        assert f.lower() in line.lower(), f"{f!r} not in: {line}"
+    return line
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(main, argv, *fragments, code=2)``: run a CLI's ``main(argv)`` in-process and
+    check its error with ``check_clear_error``; returns the message line."""
+    def run(main, argv, *fragments, code: int = 2) -> str:
+        capsys.readouterr()
+        rc = main([str(a) for a in argv])
+        return check_clear_error(rc, capsys.readouterr().err, *fragments, expect_code=code)
+    return run

@@ -48,7 +48,7 @@ def test_progress_lines_name_each_figure():
 def test_eval_quick_and_full_and_the_original_is_evaluated_once(nets, tmp_path, capfd):  # noqa: F811
     orig, teacher = nets
     sets = [s for s in TINY if not s.startswith(("eval.ood", "eval.attacks"))]
-    args = ["--recipe", "recon_only", "--original", str(orig), "--no-progress", "--eval"]
+    args = ["--recipe", "recon_only", "--original", str(orig), "--eval"]
     base = sum((["--set", s] for s in sets), [])
     assert train_cli.main(args + ["quick", "--out", str(tmp_path / "q")] + base) == 0
     q = json.loads((tmp_path / "q" / "results.json").read_text())

@@ -12,6 +12,7 @@ from nernfast import train as train_cli
 from nernfast.config import RECIPES, ConfigError, resolve
 from nernfast.models import copy_frozen
 from nernfast.training import phase as phase_mod
+from nernfast.training.phase import PhaseDiverged
 from nernfast.training import recipes as recipes_mod
 
 TINY = [
@@ -206,11 +207,12 @@ def test_help_mentions_every_flag(capsys):
         train_cli.main(["--help"])
     out = capsys.readouterr().out
     for flag in ("--recipe", "--model", "--dataset", "--data-root", "--original", "--teacher", "--hidden",
-                 "--config", "--set", "--out", "--device", "--seed", "--resume", "--init-from"):
+                 "--config", "--set", "--out", "--device", "--seed", "--resume", "--overwrite", "--init-from",
+                 "--trust-pickle"):
         assert flag in out
 
 
-def test_nan_loss_stops_the_phase_and_keeps_the_best(nets, tmp_path, monkeypatch, capsys):
+def test_nan_loss_stops_the_recipe_and_keeps_the_best(nets, tmp_path, monkeypatch):
     from nernfast.training import objectives
     real = objectives.ReconTarget.fast_loss
     calls = {"n": 0}
@@ -220,11 +222,14 @@ def test_nan_loss_stops_the_phase_and_keeps_the_best(nets, tmp_path, monkeypatch
         loss = real(self, nern, idx, kind)
         return loss * float("nan") if calls["n"] == 8 else loss
     monkeypatch.setattr(objectives.ReconTarget, "fast_loss", poisoned)
-    res = train_cli.run(tiny_cfg("recon_only", nets, tmp_path), progress=False)
+    with pytest.raises(PhaseDiverged, match="Lower the learning rate") as info:
+        train_cli.run(tiny_cfg("decoupled", nets, tmp_path), progress=False)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res == json.loads(json.dumps(info.value.results, default=float))
+    assert len(res["stages"]) == 1  # the recipe stopped at the diverged phase: no phase 2
     stage = res["stages"][0]
-    assert stage["steps_run"] == 7 and "loss became nan at step 7" in stage["diverged"]
+    assert stage["steps_run"] == 7 and "loss became nan at step 7" in stage["diverged"] == res["diverged"]
     assert stage["best_step"] in (0, 6)
-    assert "Lower the learning rate" in capsys.readouterr().err
     model = nernfast.load(tmp_path / "nern.safetensors")
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

@@ -22,8 +22,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from ..artefact import is_artefact, load_nern
-from ..checkpoints import check_fit, extract_state_dict, read_checkpoint
+from ..artefact import load_nern
+from ..checkpoints import check_fit, extract_state_dict, file_format, read_checkpoint
 from ..models import build_model
 from ..selection import select_layers
 
@@ -88,7 +88,7 @@ def load_weights(path: str | Path, model: str | None = None, dataset: str | None
     path = Path(path)
     if not path.exists():
         raise AnalysisError(f"checkpoint {path} not found")
-    if is_artefact(path):
+    if file_format(path) == "artefact":  # a damaged artefact is reported by its reader
         net = artefact_model(path, model)
         nern, net, meta = load_nern(path, model=net)
         nern.materialize_(net)
@@ -130,17 +130,18 @@ def original_path(loaded: Loaded, data_root: str | None = None, max_depth: int =
                                          epochs=cfg.get("pretrain_epochs")))
         if not Path(orig).exists():
             raise AnalysisError(f"{loaded.source}: its original {orig} is not on this machine; pass --original")
-        if not is_artefact(orig):
+        if file_format(orig) != "artefact":
             return str(orig)
         from ..artefact import read_artefact
         meta, _ = read_artefact(orig)
     raise AnalysisError(f"{loaded.source}: chain of originals deeper than {max_depth}; pass --original")
 
 
-def load_original(loaded: Loaded, path: str | Path | None = None, data_root: str | None = None) -> Loaded:
+def load_original(loaded: Loaded, path: str | Path | None = None, data_root: str | None = None,
+                  trust_pickle: bool = False) -> Loaded:
     """The original for ``loaded`` (explicit ``path`` first), as the same architecture."""
     p = Path(path) if path else Path(original_path(loaded, data_root))
-    orig = load_weights(p, model=loaded.model_name, dataset=loaded.dataset)
+    orig = load_weights(p, model=loaded.model_name, dataset=loaded.dataset, trust_pickle=trust_pickle)
     missing = [n for n in loaded.layers if n not in dict(orig.model.named_modules())]
     if missing:
         raise AnalysisError(f"original {p} lacks layers {missing[:5]} of {loaded.source}")

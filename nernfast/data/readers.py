@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -24,8 +25,9 @@ def _open_maybe_gz(base: Path) -> tuple[bytes, Path] | None:
             if p.suffix == ".gz":
                 try:
                     data = gzip.decompress(data)
-                except (OSError, EOFError) as e:
-                    raise DatasetError(f"{p}: not a valid gzip file ({e})") from e
+                except (OSError, EOFError, zlib.error) as e:  # truncated: EOFError; damaged bytes: zlib.error
+                    raise DatasetError(f"{p}: damaged gzip file ({e}); replace it with a fresh copy of the "
+                                       "dataset file") from None
             return data, p
     return None
 

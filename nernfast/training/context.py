@@ -47,9 +47,9 @@ class Network:
 
 
 def load_network(name: str, path: str | None, bundle: DataBundle, cfg: RunConfig, device: torch.device,
-                 progress: bool = False) -> Network:
+                 trust_pickle: bool = False, progress: bool = False) -> Network:
     """A trained network: from a checkpoint or nernfast artefact at ``path`` (read once), else
-    pretrained here (cached)."""
+    pretrained here (cached). ``trust_pickle``: see nernfast.checkpoints."""
     from ..checkpoints import file_format, load_model_checkpoint
     from ..pretrain import ensure_pretrained
     if path is None:
@@ -64,19 +64,21 @@ def load_network(name: str, path: str | None, bundle: DataBundle, cfg: RunConfig
         arch = meta.get("architecture") or {}
         return Network(model.eval(), f"nernfast artefact {path} ({arch.get('name', 'custom model')})", arch)
     model = build_model(name, bundle.num_classes, bundle.in_channels)
-    return Network(load_model_checkpoint(path, model), path, None)
+    return Network(load_model_checkpoint(path, model, trust_pickle), path, None)
 
 
-def build_context(cfg: RunConfig, out: Path, progress: bool = True) -> Context:
+def build_context(cfg: RunConfig, out: Path, progress: bool = True, trust_pickle: bool = False) -> Context:
+    """Load the data and the networks (nothing is written to ``out`` here)."""
+    from ..cli import check_device
     from ..data import get_dataset
     from ..pretrain import DEFAULT_TEACHER
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    device = torch.device(cfg.device if cfg.device != "cuda" or torch.cuda.is_available() else "cpu")
-    if cfg.device.startswith("cuda") and world > 1:
+    device = check_device(cfg.device)
+    if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     bundle = get_dataset(cfg.dataset, cfg.data_root, seed=0)
     logger = RunLogger(out, rank, progress)
-    orig = load_network(cfg.model, cfg.original, bundle, cfg, device, progress)
+    orig = load_network(cfg.model, cfg.original, bundle, cfg, device, trust_pickle, progress)
     original = copy_frozen(orig.model).to(device)
     teacher, tsrc, check = None, None, None
     if needs_teacher(cfg):
@@ -86,7 +88,7 @@ def build_context(cfg: RunConfig, out: Path, progress: bool = True) -> Context:
             t, tsrc = build_ensemble(spec.name, spec.members, bundle, cfg.dataset, cfg.data_root, str(device),
                                      cfg.pretrain_epochs, progress)
         else:
-            net = load_network(spec.name, spec.path, bundle, cfg, device, progress)
+            net = load_network(spec.name, spec.path, bundle, cfg, device, trust_pickle, progress)
             t, tsrc = net.model, net.source
         teacher = copy_frozen(t).to(device)
         # The premise of teacher-guided training, checked before any work (module doc of nernfast.teachers).

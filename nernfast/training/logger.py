@@ -10,23 +10,28 @@ from tqdm.auto import tqdm
 
 
 class RunLogger:
+    """Writes nothing until the first record: a run that fails while loading its inputs leaves no files."""
+
     def __init__(self, out: Path, rank: int = 0, progress: bool = True):
-        self.rank, self.enabled = rank, rank == 0
+        self.out, self.rank, self.enabled = out, rank, rank == 0
         self.show_progress = progress and self.enabled
         self.jsonl = None
         self.tb = None
-        if self.enabled:
-            out.mkdir(parents=True, exist_ok=True)
-            self.jsonl = open(out / "metrics.jsonl", "a")
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-                self.tb = SummaryWriter(str(out / "tb"))
-            except Exception:
-                self.tb = None
+
+    def _open(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(self.out / "metrics.jsonl", "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+            self.tb = SummaryWriter(str(self.out / "tb"))
+        except Exception:
+            self.tb = None
 
     def log(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if self.jsonl is None:
+            self._open()
         self.jsonl.write(json.dumps(rec, default=float) + "\n")
         self.jsonl.flush()
         if self.tb is not None:
@@ -36,6 +41,11 @@ class RunLogger:
 
     def info(self, msg: str) -> None:
         if self.enabled:
+            tqdm.write(msg, file=sys.stderr)
+
+    def status(self, msg: str) -> None:
+        """A progress line (e.g. one per evaluation figure): shown with the progress bars only."""
+        if self.show_progress:
             tqdm.write(msg, file=sys.stderr)
 
     def progress(self, total: int, initial: int = 0, desc: str = "") -> tqdm:

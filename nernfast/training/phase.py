@@ -27,7 +27,12 @@ Snapshot = dict[str, Any]
 
 
 class PhaseDiverged(RuntimeError):
-    """A phase's loss became NaN/Inf; the run stopped with the best predictor kept so far."""
+    """A phase's loss became NaN/Inf: the recipe stopped there, the run's outputs hold the best
+    predictor kept so far, and ``nernfast.train`` exits with ``nernfast.cli.EXIT_DIVERGED``."""
+
+    def __init__(self, message: str, results: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.results = results  # what the run wrote (results.json)
 
 
 def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -89,6 +94,10 @@ class _PhaseLoop:
         if self.data_phase and ctx.world > 1:
             self.step_model = nn.parallel.DistributedDataParallel(_DataStep(nern), broadcast_buffers=False)
         self.autocast_dtype = torch.bfloat16 if ctx.cfg.precision == "bf16" else None
+        self.weights_batch_size = min(phase.weights_batch_size, nern.plan.num_rows)
+        if self.weights_batch_size < phase.weights_batch_size:
+            ctx.logger.info(f"{stage}: weights_batch_size {phase.weights_batch_size} is more than the "
+                            f"{nern.plan.num_rows} predicted rows; using {self.weights_batch_size}")
         self.step = 0
         self.wall = 0.0                  # seconds spent in this phase before the current process's part
         self.t_start = time.perf_counter()
@@ -144,7 +153,7 @@ class _PhaseLoop:
     def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         """This step's loss on a fresh weight batch (and image batch in data-driven steps)."""
         phase, nern, target = self.phase, self.nern, self.nets.target
-        idx = sample_rows(phase.weights_batch_method, nern.plan.num_rows, phase.weights_batch_size, self.gen, target.norms)
+        idx = sample_rows(phase.weights_batch_method, nern.plan.num_rows, self.weights_batch_size, self.gen, target.norms)
         if self.data_phase and self.step >= phase.warmup_steps:
             x, _ = self.stream.next()
             x = x.to(self.ctx.device, non_blocking=True)
@@ -211,9 +220,7 @@ def run_phase(ctx: Context, nern: NeRN, phase: PhaseConfig, nets: PhaseNets, eva
     ``resume`` a snapshot written by ``save`` (every ``checkpoint_every`` steps) to continue from."""
     loop = _PhaseLoop(ctx, nern, phase, nets, eval_model, stage, seed)
     loop.start(resume)
-    diverged = loop.train(save)
-    if diverged:
-        ctx.logger.info(diverged)
+    diverged = loop.train(save)  # reported by the recipe, which stops there (PhaseDiverged)
     nern.predictor.load_state_dict(loop.best["predictor"])
     with torch.no_grad():
         err = nets.target.error(nern.rows())

@@ -10,6 +10,7 @@ noise_decoupled    phase1 reconstruction, then phase2 distillation on U(low, hig
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ class RecipeResult:
     nern: NeRN                           # the kept predictor
     model: nn.Module                     # the network it reconstructs: supplies BN/FC and unpredicted convs
     stages: list[dict[str, Any]]         # every phase's result, in order
+    diverged: str | None = None          # the message of the phase whose loss became NaN/Inf (the recipe stopped)
 
     def decoded(self) -> nn.Module:
         """A frozen copy of ``model`` with the kept predictor's weights written in."""
@@ -89,7 +91,7 @@ class RecipeRunner:
             return res
 
         result = self.state.stage(stage, run)
-        if share_key is not None and "shared_from" not in result:
+        if share_key is not None and "shared_from" not in result and not result["diverged"]:
             store_shared(share_key, result)
         nern.predictor.load_state_dict(result["predictor"])
         self.stages.append(result)
@@ -106,7 +108,9 @@ class RecipeRunner:
         share = phase1_key(self.ctx) if len(keys) > 1 and cfg.share_phase1 and self.ctx.world == 1 else None
         for i, key in enumerate(keys):  # phase i draws its batches from seed + i
             p = getattr(cfg, key)
-            self.phase(nern, orig, p, f"{key}-{p.name}", cfg.seed + i, share if i == 0 else None)
+            res = self.phase(nern, orig, p, f"{key}-{p.name}", cfg.seed + i, share if i == 0 else None)
+            if res["diverged"]:
+                return RecipeResult(nern, orig, self.stages, res["diverged"])
         return RecipeResult(nern, orig, self.stages)
 
     def progressive(self) -> RecipeResult:
@@ -121,6 +125,8 @@ class RecipeRunner:
                 nern = new_nern(cfg, target, seed, cfg.init_from if r == 1 else None)
                 res = self.phase(nern, target, cfg.phase1, f"round{r}-seed{s}", seed)
                 res["round"], res["seed"] = r, seed
+                if res["diverged"]:  # keep the last kept round, else this seed's best so far
+                    return dataclasses.replace(kept or RecipeResult(nern, target, self.stages), diverged=res["diverged"])
                 if best is None or res["val_acc"] > best[0]["val_acc"]:
                     best = (res, nern)
             res, nern = best
