@@ -133,7 +133,7 @@ def run_recipe(recipe: str, sets: list[str], out: Path, seed: int, grad_batches:
     rows, ref = [], None
     for name, precision, channels_last, seed_offset in SETTINGS:
         nern.predictor.load_state_dict(after_phase1)
-        ctx.cfg.precision, ctx.cfg.channels_last = precision, channels_last
+        ctx.precision, ctx.channels_last = precision, channels_last
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         ctx.original = original.to(memory_format=fmt)  # as build_context does for channels_last
         ctx.teacher = teacher.to(memory_format=fmt) if teacher is not None else None

@@ -123,8 +123,10 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     out: str | None = None
-    precision: str = "float32"           # float32 | bf16 (autocast: predictor compute and data-phase CNNs)
-    channels_last: bool = False
+    # auto | float32 | bf16 (autocast: predictor compute and data-phase CNNs). auto: bf16 on CPUs with
+    # native bf16 (AVX-512 BF16/AMX), else float32; the rule and its measurements: nernfast.numerics.
+    precision: str = "auto"
+    channels_last: bool | None = None    # None: on exactly when the resolved precision is bf16 on the CPU
     share_phase1: bool = True            # reuse an identical earlier run's phase 1 (nernfast.training.shared)
     nern: NeRNConfig = field(default_factory=NeRNConfig)
     phase1: PhaseConfig = field(default_factory=lambda: PhaseConfig(name="reconstruction"))

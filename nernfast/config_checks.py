@@ -93,7 +93,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from .plan import NORMALIZATIONS
     from .predictor import INITS
     return {
-        "precision": ("float32", "bf16"),
+        "precision": ("auto", "float32", "bf16"),
         "nern.permutation": PERMUTATIONS, "nern.normalization": NORMALIZATIONS, "nern.encoding": ENCODINGS,
         "nern.init": INITS,
         "phase.optimizer": OPTIMIZERS, "phase.schedule": SCHEDULES, "phase.recon_loss": RECON_LOSSES,

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .. import numerics
 from ..config import RunConfig, recipe_phases
 from ..data import DataBundle
 from ..models import build_model, copy_frozen
@@ -31,6 +32,8 @@ class Context:
     rank: int = 0
     world: int = 1
     teacher_check: dict[str, Any] | None = None   # nernfast.teachers.compare_teacher, when there is a teacher
+    precision: str = "float32"           # cfg.precision resolved for this device (nernfast.numerics)
+    channels_last: bool = False          # cfg.channels_last resolved likewise
 
 
 def needs_teacher(cfg: RunConfig) -> bool:
@@ -96,10 +99,13 @@ def build_context(cfg: RunConfig, out: Path, progress: bool = True, trust_pickle
         warning = teacher_warning(check)
         if warning and rank == 0:
             logger.info(warning)
-    if cfg.channels_last:
+    precision = numerics.resolve_precision(cfg.precision, device)
+    channels_last = numerics.resolve_channels_last(cfg.channels_last, precision, device)
+    if channels_last:
         original = original.to(memory_format=torch.channels_last)
         teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
     # A decoded artefact keeps the architecture it was built from.
     arch = orig.architecture if orig.architecture is not None else \
         {"name": cfg.model, "num_classes": bundle.num_classes, "in_channels": bundle.in_channels}
-    return Context(cfg, device, bundle, original, orig.source, teacher, tsrc, arch, out, logger, rank, world, check)
+    return Context(cfg, device, bundle, original, orig.source, teacher, tsrc, arch, out, logger, rank, world, check,
+                   precision, channels_last)

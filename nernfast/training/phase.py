@@ -93,7 +93,7 @@ class _PhaseLoop:
         self.step_model = None
         if self.data_phase and ctx.world > 1:
             self.step_model = nn.parallel.DistributedDataParallel(_DataStep(nern), broadcast_buffers=False)
-        self.autocast_dtype = torch.bfloat16 if ctx.cfg.precision == "bf16" else None
+        self.autocast_dtype = torch.bfloat16 if ctx.precision == "bf16" else None
         self.weights_batch_size = min(phase.weights_batch_size, nern.plan.num_rows)
         if self.weights_batch_size < phase.weights_batch_size:
             ctx.logger.info(f"{stage}: weights_batch_size {phase.weights_batch_size} is more than the "
@@ -157,7 +157,7 @@ class _PhaseLoop:
         if self.data_phase and self.step >= phase.warmup_steps:
             x, _ = self.stream.next()
             x = x.to(self.ctx.device, non_blocking=True)
-            if self.ctx.cfg.channels_last:
+            if self.ctx.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             args = (phase, self.nets, idx, x, self.autocast_dtype)
             return self.step_model(*args) if self.step_model is not None else data_loss(nern, *args)

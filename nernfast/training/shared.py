@@ -29,7 +29,7 @@ def phase1_key(ctx: Any) -> str:
     cfg = ctx.cfg
     key = {"original": state_digest(ctx.original), "dataset": ctx.bundle.name, "source": str(ctx.bundle.source),
            "val": len(ctx.bundle.val), "nern": asdict(cfg.nern), "phase1": asdict(cfg.phase1), "seed": cfg.seed,
-           "init_from": cfg.init_from, "precision": cfg.precision, "channels_last": cfg.channels_last,
+           "init_from": cfg.init_from, "precision": ctx.precision, "channels_last": ctx.channels_last,
            "device": str(ctx.device), "torch": str(torch.__version__),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
            "version": SHARED_VERSION}
