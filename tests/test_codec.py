@@ -34,7 +34,7 @@ def _blockwise_truth(w: torch.Tensor, bits: int, g: int) -> tuple[torch.Tensor, 
 
 
 SHAPES = [((140, 240), 8, None), ((140, 140), 4, 64), ((9, 140), 4, 32), ((7, 5), 4, 2), ((3, 130), 4, 64),
-          ((6, 42), 8, 16)]
+          ((6, 42), 8, 16), ((11, 50), 6, 16), ((4, 33), 2, 8)]
 
 
 @pytest.mark.parametrize("shape,bits,group", SHAPES)

@@ -32,7 +32,7 @@ from .permutation import decode_permutation, encode_permutation
 from .quant import Quantized, dequantize, quantize
 
 FORMAT2 = "nernfast-artefact-2"
-WEIGHTS = ("fp32", "int8", "int4")
+WEIGHTS = ("fp32", "int8", "int7", "int6", "int5", "int4", "int3", "int2")
 REST = ("fp32", "fp16", "bf16")
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
                                                         torch.int64, torch.int32, torch.int16, torch.int8,
@@ -42,8 +42,8 @@ _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float
 @dataclass(frozen=True)
 class Scheme:
     """How the parts are coded. The default is lossless (what the trainer writes)."""
-    weights: str = "fp32"     # predictor weights: fp32 | int8 (per output channel) | int4 (group-wise)
-    group: int = 64           # input weights per fp16 scale for int4
+    weights: str = "fp32"     # predictor weights: fp32 | int8 (per output channel) | int2..int7 (group-wise)
+    group: int = 64           # input weights per fp16 scale below 8 bits
     rest: str = "fp32"        # BN/FC and unpredicted tensors: fp32 | fp16 | bf16
     zstd_level: int = 19
 
@@ -54,6 +54,10 @@ class Scheme:
             raise ValueError(f"unknown precision {self.rest!r} for BN/FC; choose one of {REST}")
         if self.group < 1:
             raise ValueError(f"group size must be >= 1, got {self.group}")
+
+    @property
+    def bits(self) -> int | None:
+        return None if self.weights == "fp32" else int(self.weights[3:])
 
     @property
     def lossless(self) -> bool:
@@ -116,7 +120,7 @@ def _predictor_arrays(sd: dict[str, torch.Tensor], scheme: Scheme) -> tuple[list
     arrays, quant = [], {}
     for k, v in sd.items():
         if scheme.weights != "fp32" and v.dim() == 2:
-            qz = quantize(v, 8 if scheme.weights == "int8" else 4, scheme.group)
+            qz = quantize(v, scheme.bits, scheme.group)
             arrays += [(f"{k}:q", qz.q), (f"{k}:scale", qz.scale)]
             quant[k] = {"bits": qz.bits, "group": qz.group}
         else:

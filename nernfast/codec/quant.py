@@ -1,8 +1,9 @@
-"""Weight quantisers of the compact artefact: int8 per output channel, int4 group-wise.
+"""Weight quantisers of the compact artefact: int8 per output channel, 2-7 bits (int4 the usual)
+group-wise.
 
-One rule for both (torchao's ``SYMMETRIC_NO_CLIPPING_ERR``): zero point 0, one scale per block of
-input weights of one output channel (the whole row for int8, ``group`` consecutive weights for
-int4; a row not divisible by ``group`` ends in a shorter group), chosen so neither end clips:
+One rule for all (torchao's ``SYMMETRIC_NO_CLIPPING_ERR``): zero point 0, one scale per block of
+input weights of one output channel (the whole row for int8, ``group`` consecutive weights below
+8 bits; a row not divisible by ``group`` ends in a shorter group), chosen so neither end clips:
 
     scale = max(min(w_blk, 0) / qmin, max(w_blk, 0) / qmax), at least 2**-24, rounded to fp16
     q     = clamp(round_half_even(w * (1 / scale)), qmin, qmax)          (qmin, qmax) = (-2**(b-1), 2**(b-1)-1)
@@ -24,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 EPS = 2.0 ** -24  # the smallest fp16 subnormal: an all-zero block gets a representable scale
-BITS = (8, 4)
+BITS = (8, 7, 6, 5, 4, 3, 2)
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nernfast.compress", description=__doc__.split("\n\n")[0])
     p.add_argument("source", help="a nernfast artefact, or a run directory holding nern.safetensors")
     p.add_argument("--out", required=True, help="the compact artefact to write")
-    p.add_argument("--bits", type=int, choices=(8, 4), default=8,
-                   help="predictor weights: 8 (int8 per output channel) or 4 (int4 group-wise); default 8")
-    p.add_argument("--group", type=int, default=64, help="input weights per scale for --bits 4 (default 64)")
+    p.add_argument("--bits", type=int, choices=range(2, 9), default=8, metavar="{8,4,...}",
+                   help="predictor weights: 8 (int8 per output channel) or 2-7 (group-wise, e.g. 4); default 8")
+    p.add_argument("--group", type=int, default=64, help="input weights per scale below 8 bits (default 64)")
     p.add_argument("--rest", choices=("auto",) + REST, default="auto",
                    help="precision of BN/FC and unpredicted tensors (default auto: fp16 where the validation "
                         "accuracy does not drop, else fp32)")
