@@ -38,7 +38,7 @@ def main() -> None:
             bs = nnc.compress(dict(params), bitstream_path=str(bs_path), qp=qp, nonweight_qp=a.nonweight_qp,
                               use_dq=True, return_bitstream=True, verbose=False)
             bs_path.write_bytes(bytes(bs))
-            rec = nnc.decompress(bytes(bs), verbose=False)
+            rec = nnc.decompress(str(bs_path), verbose=False)
         rec = rec[0] if isinstance(rec, tuple) else rec
         np.savez(out / f"qp{qp}.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in rec.items()})
         print(json.dumps({"qp": qp, "bytes": bs_path.stat().st_size, "seconds": round(time.perf_counter() - t0, 2)}),
