@@ -66,8 +66,10 @@ def measure_artefact(path: str, bundle) -> dict:
     hidden = meta["predictor"]["hidden"]
     scheme = (meta.get("codec") or {}).get("scheme") or {"weights": "fp32", "rest": "fp32"}
     fmt = meta.get("format")
-    if scheme["weights"] == "fp32":
-        method, setting = "nernfast fp32", f"H{hidden}"
+    if fmt == "nernfast-artefact-1":
+        method, setting = "nernfast fp32 (format 1)", f"H{hidden}"
+    elif scheme["weights"] == "fp32":
+        method, setting = "nernfast fp32 (format 2, lossless)", f"H{hidden}"
     else:
         method, setting = f"nernfast compact {scheme['weights']}", f"H{hidden} {scheme['weights']} BN/FC {scheme['rest']}"
     size = Path(path).stat().st_size
