@@ -153,6 +153,8 @@ def encode(meta: dict[str, Any], tensors: dict[str, torch.Tensor], scheme: Schem
     if perm_bytes:
         parts["permutation"] = perm_bytes
     meta = dict(meta, format=FORMAT2)
+    if isinstance(meta.get("sizes"), dict):  # NeRN.size_report counts int32 per row; this is what is stored
+        meta["sizes"] = dict(meta["sizes"], permutation_bytes=len(perm_bytes))
     meta["codec"] = {"scheme": asdict(scheme), "layout": layout, "quantized": quant, "model_as": as_dtype,
                      "permutation": perm_meta, "part_bytes": {k: len(v) for k, v in parts.items()}}
     text = json.dumps(meta, default=str, separators=(",", ":")).encode()
