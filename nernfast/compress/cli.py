@@ -121,7 +121,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scheme = Scheme(weights=f"int{args.bits}", group=args.group, rest=rest)
     info = {"source": str(src), "scheme": asdict(scheme),
             "qat_steps": args.steps, "qat_lr": args.lr, "qat_kept_step": tune and tune["best_step"],
-            "qat_val_acc": tune and tune.get("val_acc"), "rest_choice": rest_info, "test_acc_before": before}
+            "qat_val_acc": tune and tune.get("val_acc"),
+            "qat_history": [[h["step"], h.get("val_acc")] for h in tune["history"]] if tune else [],
+            "rest_choice": rest_info, "test_acc_before": before}
     metrics = dict(meta.get("metrics") or {}, compress=info)
     save_artefact(out, nern.cpu(), model.cpu(), meta.get("architecture"), cfg, metrics, scheme=scheme,
                   overwrite=args.overwrite)
