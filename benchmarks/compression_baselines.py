@@ -58,8 +58,10 @@ def int8_ptq(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:
 def int8_file(model: nn.Module, path: Path) -> tuple[nn.Module, dict]:
     q_model, tensors = int8_ptq(model)
     save_file(tensors, str(path))
-    quantized = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    return q_model, {"bytes": path.stat().st_size, "bn_fc_bytes": _rest(model, quantized)}
+    convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    conv_keys = {f"{n}.{s}" for n in convs for s in ("weight", "weight_scale")}
+    rest = sum(v.numel() * v.element_size() for k, v in tensors.items() if k not in conv_keys)  # as stored
+    return q_model, {"bytes": path.stat().st_size, "bn_fc_bytes": rest}
 
 
 def nncodec_sweep(model: nn.Module, work: Path, qps: list[int], python: str) -> list[tuple[int, dict, nn.Module]]:
