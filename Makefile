@@ -10,7 +10,7 @@ STAMP     := $(VENV)/.nernfast-installed
 $(VENV)/.deps: Makefile pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q $(TORCH_PIN)
-	$(VPY) -m pip install -q numpy pyyaml safetensors tqdm scikit-learn matplotlib pytest pytest-benchmark
+	$(VPY) -m pip install -q numpy pyyaml safetensors zstandard constriction torchao tqdm scikit-learn matplotlib pytest pytest-benchmark
 	touch $@
 
 # Rebuilt when sources of the extension change; CUDA opt-in (make test builds the CPU part only).

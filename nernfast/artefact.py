@@ -1,10 +1,20 @@
 """The compressed artefact: predictor + permutation + the parameters that are not predicted.
 
-One ``.safetensors`` file. Tensors: ``predictor.*`` (the MLP), ``encoding.*`` (persistent encoding
-buffers, e.g. the ffn matrix), ``plan.perm`` (int32 row permutation; part of the compressed size),
-``model.*`` (every model state entry that is not a predicted conv weight: BN, FC, excluded convs).
-The header's ``nernfast`` metadata entry is JSON: architecture, plan, plan hash, predictor and
-encoding settings, the resolved run config and the run's metrics.
+One ``.safetensors`` file in one of two formats, both read by ``read_artefact``/``load``:
+
+* format 2 (``nernfast-artefact-2``, written by ``save_artefact``): a safetensors container of
+  coded uint8 parts with a SHA-256 of the whole file at its end (nernfast.codec.container), each
+  part coded as nernfast.codec.format2 describes. ``scheme`` chooses the coding: lossless by
+  default (what the trainer writes), or quantised predictor weights and fp16/bf16 BN/FC (what
+  ``python -m nernfast.compress`` writes). docs/compression.md documents the format.
+* format 1 (``nernfast-artefact-1``, written before format 2; read only): plain tensors
+  ``predictor.*`` (the MLP), ``encoding.*`` (persistent encoding buffers, e.g. the ffn matrix),
+  ``plan.perm`` (int32 row permutation), ``model.*`` (every model state entry that is not a
+  predicted conv weight: BN, FC, excluded convs); the ``nernfast`` metadata entry is the JSON that
+  format 2 keeps in its ``meta`` part. It carries no checksum: a damaged one is caught only when
+  its values are not finite.
+
+Both decode to the same (metadata, tensors) layout: format 1's tensor names, fp32 predictor.
 """
 from __future__ import annotations
 
@@ -16,8 +26,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from .codec.container import CHECKSUM, ContainerError, header_of, is_container
+from .codec.format2 import FORMAT2, LOSSLESS, Scheme, decode as decode_format2, encode as encode_format2
 from .encoding import build_encoding
 from .models import build_model
 from .nern import NeRN
@@ -25,7 +36,7 @@ from .plan import WeightPlan
 from .predictor import Predictor
 from .selection import PlanError
 
-FORMAT = "nernfast-artefact-1"
+FORMAT1 = "nernfast-artefact-1"  # read only; save_artefact writes format 2 (FORMAT2)
 
 
 class ArtefactError(ValueError):
@@ -33,9 +44,14 @@ class ArtefactError(ValueError):
 
 
 def save_artefact(path: str | Path, nern: NeRN, model: nn.Module, architecture: dict[str, Any] | None = None,
-                  config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> Path:
-    """Write atomically (temp file + rename). ``model`` supplies the non-predicted parameters."""
+                  config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                  scheme: Scheme = LOSSLESS, overwrite: bool = True) -> Path:
+    """Write format 2 atomically (temp file + rename). ``model`` supplies the non-predicted
+    parameters; ``scheme`` the coding (lossless by default); ``overwrite=False`` refuses an
+    existing ``path``."""
     path = Path(path)
+    if not overwrite and path.exists():
+        raise ArtefactError(f"{path} exists; pass another output path or --overwrite to replace it")
     predicted = {f"{n}.weight" for n in nern.plan.names}
     tensors = {f"predictor.{k}": v for k, v in nern.predictor.state_dict().items()}
     tensors.update({f"encoding.{k}": v for k, v in nern.encoding.state_dict().items()})
@@ -43,7 +59,7 @@ def save_artefact(path: str | Path, nern: NeRN, model: nn.Module, architecture: 
     tensors.update({f"model.{k}": v for k, v in model.state_dict().items() if k not in predicted})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {
-        "format": FORMAT,
+        "format": FORMAT2,
         "architecture": architecture or {},
         "plan": nern.plan.to_meta(),
         "plan_hash": nern.plan.hash,
@@ -55,16 +71,52 @@ def save_artefact(path: str | Path, nern: NeRN, model: nn.Module, architecture: 
         "metrics": metrics or {},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = encode_format2(meta, tensors, scheme)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"nernfast": json.dumps(meta, default=str)})
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:  # atomic no-clobber: a file that appeared meanwhile is kept
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ArtefactError(f"{path} exists; pass another output path or --overwrite to replace it") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def read_artefact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a format-1 or format-2 artefact; ArtefactError with one line otherwise."""
     path = Path(path)
     if not path.exists():
         raise ArtefactError(f"artefact {path} not found")
+    data = path.read_bytes()
+    head = header_of(data)
+    if _format2(data, head):
+        try:
+            return decode_format2(data, str(path))
+        except ContainerError as e:
+            raise ArtefactError(str(e)) from None
+    if head is None:
+        raise ArtefactError(f"{path} is not a safetensors file (no readable header); pass a nernfast artefact "
+                            "(.safetensors)")
+    return _read_format1(path)
+
+
+def _format2(data: bytes, head: dict | None) -> bool:
+    """A format-2 file, intact or not: its header says so, has its parts, or (no longer parsing)
+    still names the container."""
+    if head is None:
+        return b"nernfast_container" in data[:4096]
+    return is_container(head) or {"meta", CHECKSUM} <= head.keys()
+
+
+def _read_format1(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -73,9 +125,13 @@ def read_artefact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
         raise ArtefactError(f"{path} is not a safetensors file ({e}); pass a nernfast artefact (.safetensors)") from None
     if "nernfast" not in header:
         raise ArtefactError(f"{path} is a safetensors file without nernfast metadata; it is not a nernfast artefact")
-    meta = json.loads(header["nernfast"])
-    if meta.get("format") != FORMAT:
-        raise ArtefactError(f"{path}: unsupported artefact format {meta.get('format')!r} (this nernfast reads {FORMAT})")
+    try:
+        meta = json.loads(header["nernfast"])
+    except json.JSONDecodeError:
+        raise ArtefactError(f"{path}: its nernfast metadata is damaged (not JSON); re-create the artefact") from None
+    if meta.get("format") != FORMAT1:
+        raise ArtefactError(f"{path}: unsupported artefact format {meta.get('format')!r} (this nernfast reads "
+                            f"{FORMAT1} and {FORMAT2})")
     return meta, tensors
 
 
@@ -120,6 +176,10 @@ def load_nern(path: str | Path, model: nn.Module | None = None, device: str | to
     p = meta["predictor"]
     pred = Predictor(p["in_features"], p["hidden"], p["kernel_size"], p["num_blocks"])
     pred.load_state_dict(_sub(tensors, "predictor."))
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ArtefactError(f"{path} holds non-finite values (NaN/Inf) in {bad[:4]}: the file is damaged "
+                            "(format-1 artefacts carry no checksum); re-create it")
     nern = NeRN(plan, pred, enc, meta["encoding"]).to(device)
     return nern, model.to(device), meta
 

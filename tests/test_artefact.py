@@ -30,7 +30,8 @@ def test_load_builtin_reproduces_the_decoded_model(saved):
     x = torch.randn(3, 1, 8, 8)
     torch.testing.assert_close(model(x), ref(x))
     meta, tensors = read_artefact(path)
-    assert meta["plan_hash"] and tensors["plan.perm"].dtype == torch.int32
+    assert meta["plan_hash"] and torch.equal(tensors["plan.perm"], nernfast.load_nern(path)[0].plan.perm)
+    assert meta["format"] == "nernfast-artefact-2"
     assert meta["config"] == {"recipe": "x"}
     assert not any(k.startswith("model.") and k[6:] in {f"{n}.weight" for n in meta["plan"]["layers"]}
                    for k in tensors)
@@ -61,6 +62,14 @@ def test_foreign_files_are_refused(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(ArtefactError, match="not a safetensors file"):
         nernfast.load(bad)
+
+
+def test_save_refuses_to_overwrite_when_asked(saved):
+    path, nern, _ = saved
+    before = path.read_bytes()
+    with pytest.raises(ArtefactError, match="exists; pass another output path or --overwrite"):
+        save_artefact(path, nern, build_model("resnet20b", 10, 1), overwrite=False)
+    assert path.read_bytes() == before and not list(path.parent.glob("*.tmp*"))
 
 
 def test_init_from_public_nern_state_dict(saved, tmp_path):

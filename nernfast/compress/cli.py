@@ -1,0 +1,170 @@
+"""``python -m nernfast.compress RUN_OR_ARTEFACT --out FILE [--bits 8|4]``: the compact artefact.
+
+Reads a trained artefact (or a run directory holding ``nern.safetensors``), fine-tunes its
+predictor through the quantiser for ``--steps`` steps (distillation from the artefact's own fp32
+network, kept by validation accuracy; ``--steps 0``: plain post-training quantisation), chooses
+the BN/FC precision (``--rest auto``: fp16 when it does not lower the validation accuracy, else
+fp32), writes the compact artefact atomically (never over an existing file without
+``--overwrite``), and prints the bytes of every part and the test accuracy before and after,
+the latter measured on the file as written (decoded by ``nernfast.load``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..artefact import ArtefactError, load, load_nern, save_artefact
+from ..codec.format2 import REST, Scheme
+from . import file_parts, parts_table, summary
+
+FP16_MAX = 60000.0  # BN/FC values beyond this stay fp32 (fp16's largest finite value is 65504)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nernfast.compress", description=__doc__.split("\n\n")[0])
+    p.add_argument("source", help="a nernfast artefact, or a run directory holding nern.safetensors")
+    p.add_argument("--out", required=True, help="the compact artefact to write")
+    p.add_argument("--bits", type=int, choices=range(2, 9), default=8, metavar="{8,4,...}",
+                   help="predictor weights: 8 (int8 per output channel) or 2-7 (group-wise, e.g. 4); default 8")
+    p.add_argument("--group", type=int, default=64, help="input weights per scale below 8 bits (default 64)")
+    p.add_argument("--rest", choices=("auto",) + REST, default="auto",
+                   help="precision of BN/FC and unpredicted tensors (default auto: fp16 where the validation "
+                        "accuracy does not drop, else fp32)")
+    # Measured on digits/ResNet-20/H140 (docs/compression.md): 200 steps at 1e-4 kept PTQ (no gain) on one
+    # seed of three and collapsed int6 on another; 400 steps at 5e-5 recovered every seed.
+    p.add_argument("--steps", type=int, default=400, help="quantisation-aware distillation steps (0: PTQ only)")
+    p.add_argument("--lr", type=float, default=5e-5, help="fine-tune learning rate (Adam; default 5e-5)")
+    p.add_argument("--eval-every", type=int, default=50, help="validation points of the fine-tune (default 50)")
+    p.add_argument("--dataset", help="dataset for the fine-tune and the accuracies (default: the artefact's)")
+    p.add_argument("--data-root", help="directory holding the dataset (default: the artefact's run config)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--json", help="also write the sizes and accuracies here as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def resolve_source(source: str) -> Path:
+    p = Path(source)
+    if p.is_dir():
+        p = p / "nern.safetensors"
+    if not p.exists():
+        raise ArtefactError(f"{source}: no artefact there; pass a nernfast artefact or a run directory")
+    return p
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse before any work: an existing file without --overwrite, a directory, an unwritable place."""
+    if out.is_dir():
+        raise ArtefactError(f"--out {out} is a directory; name the file to write")
+    if out.exists() and not overwrite:
+        raise ArtefactError(f"--out {out} exists; pass another path or --overwrite to replace it")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise ArtefactError(f"--out {out}: {parent} is not writable; choose another output path")
+
+
+def _accuracy(model: torch.nn.Module, bundle: Any, split: str, device: torch.device) -> float:
+    from ..eval import accuracy
+    return accuracy(model, bundle.loader(split, 256, shuffle=False, augment=False), device)[0]
+
+
+def choose_rest(nern: Any, model: torch.nn.Module, bundle: Any, device: torch.device) -> tuple[str, dict]:
+    """fp16 for BN/FC when the validation accuracy with fp16-rounded BN/FC is not lower (and no
+    value overflows fp16), else fp32; returns the choice and what was measured."""
+    ref = copy.deepcopy(model)
+    nern.materialize_(ref)
+    half = copy.deepcopy(ref)
+    predicted = {f"{n}.weight" for n in nern.plan.names}
+    with torch.no_grad():
+        for k, v in half.state_dict().items():
+            if k not in predicted and v.is_floating_point():
+                if v.abs().max() > FP16_MAX:
+                    return "fp32", {"reason": f"{k} exceeds the fp16 range"}
+                v.copy_(v.half().float())
+    a32, a16 = _accuracy(ref, bundle, "val", device), _accuracy(half, bundle, "val", device)
+    return ("fp16" if a16 >= a32 else "fp32"), {"val_acc_fp32_rest": a32, "val_acc_fp16_rest": a16}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from ..data import get_dataset
+    from .qat import finetune
+    src, out = resolve_source(args.source), Path(args.out)
+    check_output(out, args.overwrite)
+    if args.steps < 0:
+        raise ValueError(f"--steps {args.steps}: must be >= 0 (0: quantise without fine-tuning)")
+    device = torch.device(args.device)
+    nern, model, meta = load_nern(src, device=device)
+    cfg = meta.get("config") or {}
+    dataset = args.dataset or cfg.get("dataset")
+    if not dataset:
+        raise ArtefactError(f"{src} does not name its dataset; pass --dataset")
+    bundle = get_dataset(dataset, args.data_root or cfg.get("data_root"), seed=0)
+    t0 = time.perf_counter()
+    before = _accuracy(load(src, device=device), bundle, "test", device)
+    tune = None
+    if args.steps:
+        tune = finetune(nern, model, bundle, args.bits, args.group, args.steps, args.lr, args.seed, device,
+                        progress=not args.no_progress, eval_every=args.eval_every)
+    rest, rest_info = (args.rest, {}) if args.rest != "auto" else choose_rest(_quantized_copy(nern, args), model,
+                                                                            bundle, device)
+    scheme = Scheme(weights=f"int{args.bits}", group=args.group, rest=rest)
+    info = {"source": str(src), "scheme": asdict(scheme),
+            "qat_steps": args.steps, "qat_lr": args.lr, "qat_kept_step": tune and tune["best_step"],
+            "qat_val_acc": tune and tune.get("val_acc"),
+            "qat_history": [[h["step"], h.get("val_acc")] for h in tune["history"]] if tune else [],
+            "rest_choice": rest_info, "test_acc_before": before}
+    metrics = dict(meta.get("metrics") or {}, compress=info)
+    save_artefact(out, nern.cpu(), model.cpu(), meta.get("architecture"), cfg, metrics, scheme=scheme,
+                  overwrite=args.overwrite)
+    after = _accuracy(load(out, device=device), bundle, "test", device)
+    sizes = file_parts(out)
+    conv_bytes = nern.plan.numel * 4
+    res = {**info, "out": str(out), "test_acc_after": after, "sizes": summary(sizes), "conv_fp32_bytes": conv_bytes,
+           "source_bytes": src.stat().st_size, "seconds": round(time.perf_counter() - t0, 1)}
+    print(parts_table(sizes, conv_bytes))
+    print(f"test accuracy: {100 * before:.2f} % before (fp32 artefact, {src.stat().st_size:,} bytes), "
+          f"{100 * after:.2f} % after (int{args.bits}, BN/FC {rest}; fine-tune kept step "
+          f"{res['qat_kept_step'] if tune else '-'} of {args.steps})")
+    print(f"wrote {out}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+    return res
+
+
+def _quantized_copy(nern: Any, args: argparse.Namespace) -> Any:
+    """The NeRN as the compact file will decode it (quantised predictor weights)."""
+    from ..codec.quant import dequantize, quantize
+    q = copy.deepcopy(nern)
+    with torch.no_grad():
+        for lin in q.predictor.linears():
+            lin.weight.copy_(dequantize(quantize(lin.weight, args.bits, args.group)))
+    return q
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..data import DatasetError
+    from ..selection import PlanError
+    try:
+        run(args)
+    except (ArtefactError, DatasetError, PlanError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

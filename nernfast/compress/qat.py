@@ -1,0 +1,78 @@
+"""Quantisation-aware distillation: a short fine-tune of the predictor through the quantiser.
+
+Every predictor ``nn.Linear`` weight is parametrized with ``FakeQuant`` (the artefact's own
+quantiser, straight-through gradient), so the network the loss sees is exactly the one the
+compact artefact decodes to. The objective is the decoupled recipe's phase 2: KD from the fp32
+artefact's own network (it needs no original, only the data) plus a small reconstruction term
+toward the fp32 predictor's weights, run by the trainer's phase loop (``run_phase``) and kept by
+validation accuracy, with step 0 (plain post-training quantisation) a candidate: the fine-tune
+never selects a predictor worse on validation than PTQ. The test split is not read here.
+"""
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from ..codec.quant import FakeQuant
+from ..nern import NeRN
+
+
+@contextmanager
+def fake_quantized(nern: NeRN, bits: int, group: int | None) -> Iterator[NeRN]:
+    """Inside: every predictor linear computes with its quantised weight. On exit the latent fp32
+    weights stay (quantising them again gives exactly the weights seen inside)."""
+    lins = nern.predictor.linears()
+    for lin in lins:
+        parametrize.register_parametrization(lin, "weight", FakeQuant(bits, group))
+    try:
+        yield nern
+    finally:
+        for lin in lins:
+            if parametrize.is_parametrized(lin, "weight"):
+                parametrize.remove_parametrizations(lin, "weight", leave_parametrized=False)
+
+
+def finetune(nern: NeRN, model: nn.Module, bundle: Any, bits: int, group: int | None, steps: int, lr: float,
+             seed: int = 0, device: str | torch.device = "cpu", progress: bool = False,
+             batch_size: int = 128, eval_every: int = 50) -> dict[str, Any]:
+    """Fine-tune ``nern`` (in place) for its ``bits``-bit form; ``model`` holds its BN/FC. Returns
+    the phase result (history, kept step, validation accuracy of the kept predictor)."""
+    from ..config import PhaseConfig, RunConfig
+    from ..training.context import Context
+    from ..training.logger import RunLogger
+    from ..training.objectives import ReconTarget
+    from ..training.phase import copy_frozen
+
+    device = torch.device(device)
+    nern.to(device)
+    teacher = copy_frozen(model).to(device)
+    nern.materialize_(teacher)
+    with torch.no_grad():
+        target = ReconTarget(nern.plan, [w.detach() for w in nern.layer_weights()], device)
+    phase = PhaseConfig(name="qat", steps=steps, optimizer="adam", lr=lr, lr_warmup_steps=min(50, steps // 5),
+                        weight_decay=0.0, schedule="cosine", recon_loss="l2", recon_weight=0.1, kd_weight=1.0,
+                        kd_loss="kl", data="dataset", distill_from="original", batch_size=batch_size,
+                        eval_every=max(1, min(eval_every, steps)), select="val_acc", checkpoint_every=steps + 1)
+    with tempfile.TemporaryDirectory(prefix="nernfast-qat-") as tmp:
+        cfg = RunConfig(device=str(device))
+        logger = RunLogger(Path(tmp), progress=progress)
+        ctx = Context(cfg, device, bundle, teacher, "fp32 artefact", None, None, {}, Path(tmp), logger,
+                      eval_model=copy_frozen(model).to(device))
+        try:
+            with fake_quantized(nern, bits, group):
+                result = _run(ctx, nern, target, phase, copy_frozen(model).to(device), teacher, seed)
+        finally:
+            logger.close()
+    return result
+
+
+def _run(ctx: Any, nern: NeRN, target: Any, phase: Any, shell: nn.Module, teacher: nn.Module, seed: int) -> dict:
+    """The one call into the trainer's phase loop (kept here alone: its signature is the trainer's)."""
+    from ..training.phase import run_phase
+    return run_phase(ctx, nern, target, phase, "qat", shell, teacher, seed)

@@ -1,0 +1,72 @@
+"""``python -m nernfast.compress`` end to end on a tiny predictor (digits, a few fine-tune steps)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import nernfast
+from nernfast import NeRN, build_model
+from nernfast.artefact import save_artefact
+from nernfast.compress import file_parts
+from nernfast.compress.cli import main
+from nernfast.compress.qat import fake_quantized
+from nernfast.codec.quant import dequantize, quantize_reference
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("run")
+    model = build_model("resnet20", 10, 1).eval()
+    nern = NeRN.from_model(model, hidden=12, num_blocks=3, cache_dir=d)
+    save_artefact(d / "nern.safetensors", nern, model, {"name": "resnet20", "num_classes": 10, "in_channels": 1},
+                  {"dataset": "digits"}, {})
+    return d
+
+
+def test_fake_quantized_leaves_latent_weights_that_quantise_to_what_it_computed(source):
+    nern, _, _ = nernfast.load_nern(source / "nern.safetensors")
+    with fake_quantized(nern, 4, 8):
+        with torch.no_grad():
+            for lin in nern.predictor.linears():
+                lin.parametrizations.weight.original.add_(0.01)
+        seen = [lin.weight.detach().clone() for lin in nern.predictor.linears()]
+    for lin, w in zip(nern.predictor.linears(), seen):
+        assert not hasattr(lin, "parametrizations")
+        assert torch.equal(dequantize(quantize_reference(lin.weight.detach(), 4, 8)), w)
+
+
+def test_compress_cli_end_to_end(source, tmp_path, capsys):
+    out, js = tmp_path / "c.safetensors", tmp_path / "c.json"
+    rc = main([str(source), "--out", str(out), "--bits", "4", "--group", "8", "--steps", "3", "--eval-every", "1",
+               "--no-progress", "--json", str(js)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    res = json.loads(js.read_text())
+    parts = file_parts(out)
+    assert sum(parts.values()) == out.stat().st_size == res["sizes"]["file_bytes"]
+    for label in ("predictor", "permutation", "BN/FC", "metadata", "checksum (SHA-256)", "file total", "test accuracy"):
+        assert label in text, label
+    assert "MB" not in text  # bytes and kB (1000 bytes) only
+    # "after" is the file as written, decoded by nernfast.load
+    from nernfast.compress.cli import _accuracy
+    from nernfast.data import get_dataset
+    acc = _accuracy(nernfast.load(out), get_dataset("digits", None, seed=0), "test", torch.device("cpu"))
+    assert res["test_acc_after"] == acc
+    meta, _ = nernfast.artefact.read_artefact(out)
+    assert meta["codec"]["scheme"]["weights"] == "int4" and meta["metrics"]["compress"]["qat_steps"] == 3
+    assert out.stat().st_size < (source / "nern.safetensors").stat().st_size
+
+    before = out.read_bytes()
+    rc = main([str(source), "--out", str(out), "--steps", "0", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "exists" in err and "--overwrite" in err
+    assert out.read_bytes() == before
+
+
+def test_compress_cli_refuses_a_missing_source(tmp_path, capsys):
+    rc = main([str(tmp_path / "nope"), "--out", str(tmp_path / "x.safetensors")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "no artefact there" in err
