@@ -66,7 +66,8 @@ def file_format(path: str | os.PathLike) -> str:
                 meta = json.loads(head[8:] + f.read(n - 1)).get("__metadata__") or {}
             except (ValueError, AttributeError):
                 return "artefact"
-            return "artefact" if "nernfast" in meta else "safetensors"
+            from .codec.container import CONTAINER_KEY  # format 2 names its container instead
+            return "artefact" if "nernfast" in meta or CONTAINER_KEY in meta else "safetensors"
         if head.startswith(b"PK\x03\x04"):
             return "torch"
         if head.startswith(b"\x80"):

@@ -2,10 +2,13 @@
 whether the teacher is stronger than the original it should help beat.
 
 ``--teacher`` takes ``NAME`` (pretrained here, seed 0, cached), ``NAME:CKPT`` (a checkpoint or
-nernfast artefact) or ``NAMExK``: an ensemble of the K ``NAME`` networks pretrained here with seeds
-0..K-1, wrapped as one module (:class:`nernfast.models.Ensemble`) -- with the dataset's default
-original, seed 0 *is* the original, so ``resnet20x3`` costs two more pretrainings ("an ensemble of
-originals"). Missing members train side by side, one pinned thread each.
+nernfast artefact), ``original`` (the run's own original), or ``NAMExK``: an ensemble of the K
+``NAME`` networks pretrained here with seeds 0..K-1, wrapped as one module
+(:class:`nernfast.models.Ensemble`) -- with the dataset's default original, seed 0 *is* the
+original, so ``resnet20x3`` costs two more pretrainings ("an ensemble of originals"). Missing
+members train side by side, one pinned thread each. A ``+flip`` suffix averages the teacher over
+each image and its mirror image (test-time augmentation), for datasets whose labels survive a
+mirror (not digits, MNIST or KMNIST).
 
 The strength check (:func:`compare_teacher`) runs both networks on the validation split. Rule: the
 teacher is *stronger* when its validation accuracy is at least the original's **and** its
@@ -18,7 +21,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -31,18 +34,25 @@ class TeacherSpec:
     name: str
     path: str | None = None   # NAME:CKPT
     members: int = 0          # NAMExK: K > 0 pretrained members (seeds 0..K-1)
+    flip: bool = False        # ...+flip: averaged over each image and its mirror image
+
+
+MIRROR_VARIANT = ("digits", "mnist", "kmnist")  # a mirrored digit or character is another symbol (or none)
 
 
 def parse_teacher(spec: str) -> TeacherSpec:
-    """``NAME``, ``NAME:CKPT`` or ``NAMExK``."""
+    """``NAME``, ``NAME:CKPT``, ``original`` or ``NAMExK``, each optionally with ``+flip``."""
+    flip = spec.endswith("+flip")
+    if flip:
+        spec = spec[:-len("+flip")]
     name, _, path = spec.partition(":")
     m = _ENSEMBLE.fullmatch(name.lower())
     if m and not path:
         k = int(m.group("k"))
         if k < 1:
             raise ValueError(f"--teacher {spec}: an ensemble needs K >= 1 members (NAMExK, e.g. resnet20x3)")
-        return TeacherSpec(m.group("name"), None, k)
-    return TeacherSpec(name, path or None)
+        return TeacherSpec(m.group("name"), None, k, flip)
+    return TeacherSpec(name, path or None, 0, flip)
 
 
 def usable_cpus() -> int:
@@ -74,6 +84,25 @@ def build_ensemble(name: str, members: int, bundle: Any, dataset: str, data_root
     paths = pretrain_members(name, members, dataset, data_root, device, epochs, progress)
     nets = [load_model_checkpoint(p, build_model(name, bundle.num_classes, bundle.in_channels)) for p in paths]
     return Ensemble(nets), f"ensemble of {members} x {name} (seeds 0..{members - 1}: " + ", ".join(map(str, paths)) + ")"
+
+
+def build_teacher(spec: TeacherSpec, original: nn.Module, dataset: str, load: Callable[[str, str | None], Any],
+                  ensemble: Callable[[str, int], tuple[nn.Module, str]]) -> tuple[nn.Module, str]:
+    """The teacher ``spec`` names: the run's ``original``, an ensemble (``ensemble(name, K)``) or one
+    network (``load(name, path)`` -> an object with ``.model`` and ``.source``), mirrored on request."""
+    from .models import Ensemble
+    if spec.flip and dataset in MIRROR_VARIANT:
+        raise ValueError(f"--teacher ...+flip: {dataset} labels do not survive a mirror image; drop +flip")
+    if spec.name == "original" and spec.path is None and not spec.members:
+        net, source = original, "the original"
+    elif spec.members:
+        net, source = ensemble(spec.name, spec.members)
+    else:
+        loaded = load(spec.name, spec.path)
+        net, source = loaded.model, loaded.source
+    if spec.flip:
+        net, source = Ensemble([net], flip=True), f"{source}, averaged with its mirror images"
+    return net, source
 
 
 @torch.no_grad()

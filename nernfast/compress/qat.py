@@ -46,8 +46,8 @@ def finetune(nern: NeRN, model: nn.Module, bundle: Any, bits: int, group: int | 
     from ..config import PhaseConfig, RunConfig
     from ..training.context import Context
     from ..training.logger import RunLogger
-    from ..training.objectives import ReconTarget
-    from ..training.phase import copy_frozen
+    from ..models import copy_frozen
+    from ..training.objectives import PhaseNets, ReconTarget
 
     device = torch.device(device)
     nern.to(device)
@@ -62,17 +62,17 @@ def finetune(nern: NeRN, model: nn.Module, bundle: Any, bits: int, group: int | 
     with tempfile.TemporaryDirectory(prefix="nernfast-qat-") as tmp:
         cfg = RunConfig(device=str(device))
         logger = RunLogger(Path(tmp), progress=progress)
-        ctx = Context(cfg, device, bundle, teacher, "fp32 artefact", None, None, {}, Path(tmp), logger,
-                      eval_model=copy_frozen(model).to(device))
+        ctx = Context(cfg, device, bundle, teacher, "fp32 artefact", None, None, {}, Path(tmp), logger)
+        nets = PhaseNets(target, copy_frozen(model).to(device), teacher)
         try:
             with fake_quantized(nern, bits, group):
-                result = _run(ctx, nern, target, phase, copy_frozen(model).to(device), teacher, seed)
+                result = _run(ctx, nern, phase, nets, copy_frozen(model).to(device), seed)
         finally:
             logger.close()
     return result
 
 
-def _run(ctx: Any, nern: NeRN, target: Any, phase: Any, shell: nn.Module, teacher: nn.Module, seed: int) -> dict:
+def _run(ctx: Any, nern: NeRN, phase: Any, nets: Any, eval_model: nn.Module, seed: int) -> dict:
     """The one call into the trainer's phase loop (kept here alone: its signature is the trainer's)."""
     from ..training.phase import run_phase
-    return run_phase(ctx, nern, target, phase, "qat", shell, teacher, seed)
+    return run_phase(ctx, nern, phase, nets, eval_model, "qat", seed)

@@ -85,14 +85,12 @@ def build_context(cfg: RunConfig, out: Path, progress: bool = True, trust_pickle
     original = copy_frozen(orig.model).to(device)
     teacher, tsrc, check = None, None, None
     if needs_teacher(cfg):
-        from ..teachers import build_ensemble, compare_teacher, parse_teacher, teacher_warning
-        spec = parse_teacher(cfg.teacher or DEFAULT_TEACHER.get(cfg.dataset, "resnet56"))
-        if spec.members:
-            t, tsrc = build_ensemble(spec.name, spec.members, bundle, cfg.dataset, cfg.data_root, str(device),
-                                     cfg.pretrain_epochs, progress)
-        else:
-            net = load_network(spec.name, spec.path, bundle, cfg, device, trust_pickle, progress)
-            t, tsrc = net.model, net.source
+        from ..teachers import build_ensemble, build_teacher, compare_teacher, parse_teacher, teacher_warning
+        t, tsrc = build_teacher(
+            parse_teacher(cfg.teacher or DEFAULT_TEACHER.get(cfg.dataset, "resnet56")), original, cfg.dataset,
+            load=lambda name, path: load_network(name, path, bundle, cfg, device, trust_pickle, progress),
+            ensemble=lambda name, k: build_ensemble(name, k, bundle, cfg.dataset, cfg.data_root, str(device),
+                                                    cfg.pretrain_epochs, progress))
         teacher = copy_frozen(t).to(device)
         # The premise of teacher-guided training, checked before any work (module doc of nernfast.teachers).
         check = compare_teacher(teacher, original, bundle, device, cfg.eval.batch_size)

@@ -84,6 +84,9 @@ class PhaseNets:
     target: ReconTarget              # the weights being reconstructed
     shell: nn.Module                 # frozen copy of the reconstructed network, run with predicted weights
     distill: nn.Module | None        # distillation source (the original or a teacher); None: no distillation
+    # The network whose feature maps L_fmd matches: the one being reconstructed (its architecture is
+    # the student's). None: the distillation source (then the same network gives logits and features).
+    features: nn.Module | None = None
 
 
 def data_loss(nern: NeRN, phase: PhaseConfig, nets: PhaseNets, idx: torch.Tensor | None, x: torch.Tensor,
@@ -108,8 +111,12 @@ def data_loss(nern: NeRN, phase: PhaseConfig, nets: PhaseNets, idx: torch.Tensor
         if phase.fmd_weight:
             with collect_features(shell) as fs:
                 logits = functional_call(shell, params, (x,))
-            with torch.no_grad(), collect_features(distill) as ft:
-                t_logits = distill(x)
+            source = nets.features if nets.features is not None else distill
+            with torch.no_grad(), collect_features(source) as ft:
+                t_logits = source(x)
+            if source is not distill and phase.kd_weight:
+                with torch.no_grad():
+                    t_logits = distill(x)
             fmd = feature_map_loss([f.float() for f in fs], [f.float() for f in ft])
             loss = loss + phase.fmd_weight * fmd
             parts["fmd"] = float(fmd.detach())

@@ -65,8 +65,6 @@ class RecipeRunner:
         if phase.distill_from == "teacher":
             if self.ctx.teacher is None:
                 raise ValueError("this phase distils from a teacher but none was loaded; pass --teacher NAME[:CKPT]")
-            if phase.fmd_weight:
-                raise ValueError("the feature-map term needs the same architecture; set fmd_weight=0 with a teacher")
             return self.ctx.teacher
         return self.ctx.original
 
@@ -79,8 +77,10 @@ class RecipeRunner:
             if shared is not None:
                 self.ctx.logger.info(f"{stage}: reusing the identical phase 1 of an earlier run ({share_key})")
                 self.state.data["done"][stage] = {**shared, "shared_from": share_key}
+        # L_fmd matches the features of the network being reconstructed, whatever gives the logits.
         nets = PhaseNets(ReconTarget(nern.plan, nern.plan.weights_of(target_model), self.ctx.device),
-                         copy_frozen(target_model), self.distill_source(phase))
+                         copy_frozen(target_model), self.distill_source(phase),
+                         features=target_model if phase.fmd_weight else None)
         eval_model = copy_frozen(target_model)
 
         def run(resume: dict | None, save: Any) -> dict[str, Any]:
