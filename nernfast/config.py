@@ -98,6 +98,7 @@ class PhaseConfig:
 class ProgressiveConfig:
     rounds: int = 3
     seeds: int = 2
+    all_rounds: bool = True   # run every round even after one stops improving (reported, never kept)
 
 
 @dataclass

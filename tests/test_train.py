@@ -280,3 +280,22 @@ def test_original_artefact_is_read_once(nets, tmp_path, monkeypatch):
     ctx = build_context(cfg, tmp_path / "b", progress=False)
     assert len(reads) == 1 and ctx.architecture["name"] == "resnet20"
     ctx.logger.close()
+
+
+def test_progressive_runs_and_reports_every_round(nets, tmp_path, monkeypatch):
+    """All configured rounds run and are reported; the kept one follows the paper's stop rule."""
+    vals = iter([0.5, 0.4, 0.6])  # round 2 does not improve: the chain stops there, round 3 still runs
+    real = recipes_mod.RecipeRunner.phase
+
+    def scored(self, *a, **k):
+        res = real(self, *a, **k)
+        res["val_acc"] = next(vals)
+        return res
+    monkeypatch.setattr(recipes_mod.RecipeRunner, "phase", scored)
+    res = train_cli.run(tiny_cfg("progressive", nets, tmp_path, ["progressive.rounds=3"]), progress=False)
+    rounds = [s.get("round") for s in res["stages"]]
+    assert rounds == [1, 2, 3] and all(s.get("best_of_round") for s in res["stages"])
+    assert [s["stage"] for s in res["stages"] if s.get("kept")] == ["round1-seed0"]
+    assert [s["stage"] for s in res["stages"] if s.get("stopped_here")] == ["round2-seed0"]
+    r1 = res["stages"][0]
+    assert res["final"]["accuracy"] == r1["test_acc"]  # the artefact is round 1's predictor

@@ -118,6 +118,8 @@ class RecipeRunner:
         target = self.ctx.original
         prev_acc = None
         kept: RecipeResult | None = None
+        kept_res: dict[str, Any] | None = None
+        stopped = False
         for r in range(1, cfg.progressive.rounds + 1):
             best = None
             for s in range(cfg.progressive.seeds):
@@ -130,15 +132,23 @@ class RecipeRunner:
                 if best is None or res["val_acc"] > best[0]["val_acc"]:
                     best = (res, nern)
             res, nern = best
-            res["kept"] = True
-            if prev_acc is not None and res["val_acc"] <= prev_acc:
-                self.ctx.logger.info(f"progressive: round {r} did not improve validation accuracy "
-                                     f"({res['val_acc']:.4f} <= {prev_acc:.4f}); keeping round {r - 1}")
-                res["stopped_here"] = True
-                break
-            prev_acc = res["val_acc"]
-            kept = RecipeResult(nern, target, self.stages)
+            res["best_of_round"] = True
+            # The paper's rule picks the result: the chain stops at the first round that does not
+            # improve validation accuracy. Later rounds still run (progressive.all_rounds) so that
+            # every round is reported, but none of them can be kept.
+            if stopped or prev_acc is not None and res["val_acc"] <= prev_acc:
+                if not stopped:
+                    self.ctx.logger.info(f"progressive: round {r} did not improve validation accuracy "
+                                         f"({res['val_acc']:.4f} <= {prev_acc:.4f}); keeping round {r - 1}")
+                    res["stopped_here"] = True
+                stopped = True
+                if not cfg.progressive.all_rounds:
+                    break
+            else:
+                prev_acc = res["val_acc"]
+                kept, kept_res = RecipeResult(nern, target, self.stages), res
             # The next round reconstructs this round's reconstruction (BN/FC stay the original's).
             target = copy_frozen(target)
             nern.materialize_(target)
+        kept_res["kept"] = True
         return kept
