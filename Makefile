@@ -5,7 +5,7 @@ VPY       := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 STAMP     := $(VENV)/.nernfast-installed
 
-.PHONY: demo test bench data check-cuda ctest setup clean
+.PHONY: demo test bench data fashion-mnist readme-table check-cuda ctest setup clean
 
 $(VENV)/.deps: Makefile pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -28,6 +28,15 @@ data:
 	@if [ -f $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz ]; then echo "data: Fashion-MNIST is installed in $(FMNIST_DIR)"; \
 	else echo "data: Fashion-MNIST missing: installing Debian's dataset-fashion-mnist with apt-get"; \
 	  $(SUDO) apt-get install -y -q dataset-fashion-mnist || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }; fi
+
+# The Fashion-MNIST results (docs/fashion-mnist.md): trains the runs that are missing (hours on 2 CPU
+# cores; resumable run by run), then renders the page. RENDER=1 only renders.
+fashion-mnist: $(STAMP) data
+	$(VPY) experiments/fashion_mnist.py $(if $(RENDER),--render,)
+
+# The README's table of the recipes on the embedded default, regenerated from an empty cache.
+readme-table: $(STAMP)
+	$(VPY) experiments/digits_table.py
 
 # Rerunning the demo replaces the previous demo run (--overwrite); `python -m nernfast.train` alone
 # refuses to overwrite an existing run.

@@ -86,3 +86,23 @@ def test_ensemble_members_are_seeds_0_to_k_minus_1_trained_side_by_side(monkeypa
     assert paths == [tmp_path / f"resnet20-{s}.pt" for s in range(3)]
     assert sorted(s for _, _, s, _ in seen) == [0, 1, 2] and peak[0] == 2
     assert [s for _, _, s, p in seen if p] == [2]  # one progress bar
+
+
+def test_original_and_flip_teachers():
+    from nernfast.teachers import build_teacher
+    torch.manual_seed(0)
+    net = build_model("resnet20", 10, 1).eval()
+    x = torch.randn(4, 1, 8, 8)
+
+    def no_load(*_a):
+        raise AssertionError("the original needs no loading")
+    t, src = build_teacher(parse_teacher("original+flip"), net, "fashion-mnist", no_load, no_load)
+    with torch.no_grad():
+        want = torch.stack([net(x).log_softmax(1), net(x.flip(-1)).log_softmax(1)]).exp().mean(0).log()
+        torch.testing.assert_close(t(x), want, atol=1e-5, rtol=1e-5)
+    assert "mirror" in src and parse_teacher("resnet20x3+flip") == parse_teacher("resnet20x3+flip")
+    assert parse_teacher("resnet20x3+flip").members == 3 and parse_teacher("resnet20x3+flip").flip
+    t, src = build_teacher(parse_teacher("original"), net, "digits", no_load, no_load)
+    assert t is net and src == "the original"
+    with pytest.raises(ValueError, match="mirror image"):
+        build_teacher(parse_teacher("original+flip"), net, "digits", no_load, no_load)
