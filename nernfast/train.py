@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow unpickling an --original/--teacher checkpoint that holds Python objects (runs code "
                         "from the file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--threads", default="auto",
+                   help="torch CPU threads: N, or auto (one per CPU idle at start; default; see nernfast.cli.set_threads)")
     p.add_argument("--eval", choices=("quick", "full"), dest="eval_mode",
                    help="final evaluation: quick = clean accuracy only, full = + attacks and OOD (default: full)")
     return p
@@ -97,10 +99,12 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad input (one line on stderr names the problem and the fix), 3 a phase
     diverged (nernfast.cli; docs/errors.md)."""
-    from .cli import EXIT_DIVERGED, fail, user_errors
+    from .cli import EXIT_DIVERGED, fail, set_threads, user_errors
     from .training.phase import PhaseDiverged
     args = build_parser().parse_args(argv)
+    threads_before = torch.get_num_threads()  # restored below: main() also runs inside other programs (tests)
     try:
+        set_threads(args.threads)
         cfg = resolve(args.recipe, args.config, args.set, model=args.model, dataset=args.dataset,
                       data_root=args.data_root, original=args.original, teacher=args.teacher,
                       seed=args.seed, device=args.device, out=args.out, init_from=args.init_from,
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(e, EXIT_DIVERGED)
     except user_errors() as e:
         return fail(e)
+    finally:
+        torch.set_num_threads(threads_before)
     return 0
 
 
