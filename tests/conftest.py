@@ -12,10 +12,21 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from nernfast.testing.seed import seed_report, session_seed  # noqa: E402
+
+
+def pytest_report_header(config):
+    try:
+        session_seed()
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    return seed_report()
+
 
 @pytest.fixture(autouse=True)
 def _seed():
-    """Every test starts from the same global RNG state (tests that draw a seed per run use their own)."""
+    """Every test starts from the same global RNG state (the kernel and dispatch tests reseed from
+    ``session_seed()``, which ``NERNFAST_TEST_SEED`` controls)."""
     torch.manual_seed(0)
 
 

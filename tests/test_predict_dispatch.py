@@ -2,13 +2,10 @@
 
 CPU tensors take the PyTorch path (tables for the basic encoding), CUDA tensors the Triton kernels,
 ``NERNFAST_REFERENCE=1`` the reference. The table path is exact up to summation order, so fp32 is
-compared at 1e-5 relative to the output scale; the seed is drawn per run and replayable with
-``NERNFAST_TEST_SEED``.
+compared at 1e-5 relative to the output scale. Inputs from ``session_seed()`` (fixed by default,
+``NERNFAST_TEST_SEED=<seed>`` or ``=random`` to vary them).
 """
 from __future__ import annotations
-
-import os
-import random
 
 import pytest
 import torch
@@ -21,13 +18,13 @@ from nernfast.ops import predict as P
 from nernfast.ops.predict import predict_rows, predict_rows_reference
 from nernfast.ops.tables import coordinate_index, first_layer_table
 from nernfast.predictor import Predictor
+from nernfast.testing.seed import session_seed
 
-SEED = int(os.environ.get("NERNFAST_TEST_SEED", random.SystemRandom().randrange(2**31)))
+SEED = session_seed()
 
 
 @pytest.fixture(autouse=True)
-def _seed(request):
-    print(f"NERNFAST_TEST_SEED={SEED} ({request.node.name})")
+def _seed():
     torch.manual_seed(SEED)
 
 

@@ -3,25 +3,32 @@
 On a machine without a GPU the kernels run under ``TRITON_INTERPRET=1`` (set by tests/conftest.py
 before any kernel is defined) on tiny shapes; with a GPU the same tests run compiled on CUDA.
 
-Fresh random inputs every run: the seed is drawn per run, printed, and replayed with
-``NERNFAST_TEST_SEED=<seed>``.
+Random inputs from ``session_seed()`` (nernfast.testing.seed): a fixed seed by default,
+``NERNFAST_TEST_SEED=<seed>`` to replay one, ``NERNFAST_TEST_SEED=random`` for a fresh one.
 
 Tolerances are bounded by the reference's own error: with ``truth`` the float64 result for the same
-(low-precision) parameters, inputs and upstream gradient, each check requires
-    err(kernel) <= 2 * err(reference in the same dtype) + floor(dtype) * scale,
-errors as max |x - truth| and scale = max |truth| (per output, per parameter gradient). The kernels
-accumulate in fp32 like the reference's matmuls but sum in another order (and the table path sums
-three tables instead of one 240-term product), hence the factor 2; the floor covers a reference
-that is exact by luck on a tiny shape: fp32 1e-5 (~2^-17, far below any useful regression), fp16
-2^-10 and bf16 2^-7 (one unit in the last place of the dtype). The interpreter cannot do bf16
-arithmetic, so there bf16 inputs take the fp32 compute path (result rounded to bf16); it is then
-*more* accurate than the bf16 reference, and only a GPU run proves the native bf16 path.
+parameters, inputs and upstream gradient, each check requires
+    err(kernel) <= 2 * err(reference) + floor(dtype) * scale,
+errors as max |x - truth| and scale = max |truth| (per output, per parameter gradient). The
+reference does the arithmetic the kernel does: operands in the compute dtype, fp32 accumulation.
+The kernels sum in another order (and the table path sums three tables instead of one 240-term
+product), hence the factor 2; the floor covers a reference that is exact by luck on a tiny shape:
+fp32 1e-5 (~2^-17, far below any useful regression), fp16 2^-10 and bf16 2^-7 (one unit in the
+last place of the dtype).
+
+Why the reference must round where the kernel rounds: a ReLU whose pre-activation lies within
+rounding distance of 0 may switch on in one computation and off in another, and one such flip
+moves a weight gradient by that row's whole contribution (O(1), not O(rounding)); a computation
+with rounding points the reference lacks flips *other* ReLUs, so the max error stops being
+comparable (heavy-tailed). The interpreter cannot do bf16 arithmetic, so there bf16 inputs take the
+fp32 compute path on the bf16 values (result rounded to bf16; ``fused_mlp``'s detour): the
+reference then is the fp32 composition on the same values (with the table first layer, on the
+encoding rounded to bf16, as ``first_layer_table`` rounds it), rounded to bf16 at the end, and
+only a GPU run proves the native bf16 path.
 """
 from __future__ import annotations
 
 import copy
-import os
-import random
 from dataclasses import dataclass
 
 import pytest
@@ -30,6 +37,7 @@ import torch
 from nernfast.encoding import BasicEncoding, FFNEncoding
 from nernfast.ops.predict import predict_rows, predict_rows_reference
 from nernfast.predictor import Predictor
+from nernfast.testing.seed import session_seed
 
 fm = pytest.importorskip("nernfast.kernels.fused_mlp")
 
@@ -39,13 +47,12 @@ if DEVICE == "cpu" and not INTERPRETED:  # pragma: no cover - a setup error, not
     raise RuntimeError("no GPU and the kernels are not interpreted: TRITON_INTERPRET=1 must be set before "
                        "nernfast.kernels is imported (tests/conftest.py does this)")
 
-SEED = int(os.environ.get("NERNFAST_TEST_SEED", random.SystemRandom().randrange(2**31)))
+SEED = session_seed()
 FLOOR = {torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
 @pytest.fixture(autouse=True)
-def _seed(request):
-    print(f"NERNFAST_TEST_SEED={SEED} ({request.node.name})")
+def _seed():
     torch.manual_seed(SEED)
 
 
@@ -117,25 +124,88 @@ def run_all(pred, enc, coords, g, fn):
     return out.detach(), grads
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_forward_backward_matches_reference(case: Case):
+def emulated(case: Case) -> bool:
+    """True where the kernel does not compute in ``case.dtype`` itself: bf16 under the interpreter."""
+    return INTERPRETED and case.dtype == torch.bfloat16
+
+
+def expected(case: Case, enc, pred, coords, g):
+    """(reference rows, reference grads, float64 rows, float64 grads) for the kernel's arithmetic.
+
+    Natively the reference is ``predict_rows_reference`` in the compute dtype; for the interpreter's
+    bf16 detour it is the fp32 composition on the bf16 values, on the encoding the kernel sees (the
+    table path rounds it to bf16), rounded to bf16 at the end (see the module doc).
+    """
+    x = enc(coords)  # the encoding is defined in fp32
+    if emulated(case):
+        if case.first == "table":
+            x = x.to(case.dtype).float()
+        p32 = copy.deepcopy(pred).float()
+        ref = p32(x)
+        ref_g = [t.to(case.dtype) for t in torch.autograd.grad(ref, list(p32.parameters()), g.float())]
+        ref = ref.detach().to(case.dtype)
+    else:
+        ref, ref_g = run_all(pred, enc, coords, g, predict_rows_reference)
+    p64 = copy.deepcopy(pred).double()
+    truth = p64(x.double())
+    truth_g = torch.autograd.grad(truth, list(p64.parameters()), g.double())
+    return ref, ref_g, truth.detach(), truth_g
+
+
+def check_case(case: Case) -> None:
     enc, pred, coords = make(case)
     g = torch.randn(case.n, case.k ** 2, device=DEVICE).to(case.dtype)
     names = [n for n, _ in pred.named_parameters()]
-
-    p64 = copy.deepcopy(pred).double()
-    x64 = enc(coords).double()  # the encoding is defined in fp32
-    truth = p64(x64)
-    truth_g = torch.autograd.grad(truth, list(p64.parameters()), g.double())
-
-    ref, ref_g = run_all(pred, enc, coords, g, predict_rows_reference)
+    ref, ref_g, truth, truth_g = expected(case, enc, pred, coords, g)
     ours, ours_g = run_all(pred, enc, coords, g, lambda p, e, c: predict_rows(
         p, e, c, backend="triton", first_layer=case.first, path=case.path))
-
-    check(f"{case} forward", ours, ref, truth.detach(), case.dtype)
+    check(f"{case} forward", ours, ref, truth, case.dtype)
     for name, a, b, t in zip(names, ours_g, ref_g, truth_g):
         assert a.dtype == case.dtype, (name, a.dtype)
         check(f"{case} grad {name}", a, b, t, case.dtype)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_forward_backward_matches_reference(case: Case):
+    check_case(case)
+
+
+def _drop_hidden_biases(monkeypatch):
+    real = fm.pack_weights
+
+    def pack(*a, **k):
+        pk = real(*a, **k)
+        pk.bm.zero_()
+        return pk
+    monkeypatch.setattr(fm, "pack_weights", pack)
+
+
+def _mask_from_wrong_row(monkeypatch):
+    real = fm.linear
+
+    def linear(*a, mask=None, **k):
+        return real(*a, mask=None if mask is None else mask.roll(1, 0), **k)
+    monkeypatch.setattr(fm, "linear", linear)
+
+
+def _bias_grad_off_by_4_percent(monkeypatch):
+    real = fm.mlp_backward
+
+    def backward(*a, **k):
+        d_first, d_b0, mids, d_wf, d_bf = real(*a, **k)
+        return d_first, d_b0, mids, d_wf, d_bf * 1.04
+    monkeypatch.setattr(fm, "mlp_backward", backward)
+
+
+@pytest.mark.parametrize("case", [CASES[8], CASES[4]], ids=str)
+@pytest.mark.parametrize("bug", [_drop_hidden_biases, _mask_from_wrong_row, _bias_grad_off_by_4_percent],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_check_catches_a_broken_kernel(case: Case, bug, monkeypatch):
+    """The bound is not vacuous: a dropped bias, a ReLU mask taken from the wrong row, or a final
+    bias gradient 4 % off fails it, in bf16 (the loosest floor) as in fp16."""
+    bug(monkeypatch)
+    with pytest.raises(AssertionError, match="error .* > tol"):
+        check_case(case)
 
 
 def _layer_outputs(pred: Predictor, x: torch.Tensor) -> list[torch.Tensor]:

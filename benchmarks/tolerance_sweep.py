@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Failure rate of the kernel tests' bound over many seeds, in one process (issue 15, item 1).
+
+    TRITON_INTERPRET=1 python benchmarks/tolerance_sweep.py OUT.jsonl --seeds 0:1000 --dtypes bfloat16,float16
+    python benchmarks/tolerance_sweep.py OUT.jsonl --summary          # the table of an existing file
+
+For every seed and case of tests/test_triton_mlp.py it runs the kernel once and evaluates every check
+(forward and each parameter gradient) under two rules, without stopping at the first failure:
+
+* ``old``: the bound as it was before issue 15: the reference in the case's dtype everywhere and the
+  float64 truth on the fp32 encoding, also for the interpreter's bf16 detour (fp32 arithmetic);
+* ``new``: ``expected()`` of the test module (the reference doing the kernel's arithmetic).
+
+With ``--bug NAME`` one of the test module's deliberate kernel bugs is applied (the new rule must
+then fail every seed). For the old rule's failures of the emulated (interpreted bf16) cases it also
+counts ReLU flips against the float64 forward: ``kernel_only`` (the kernel's input, which under the
+interpreter it computes in fp32, puts a pre-activation on the other side of 0 than the truth while
+the bf16 reference does not) and ``ref_only``.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def preacts(pred, x):
+    import torch
+    zs = []
+    for lin in pred.layers:
+        z = lin(x)
+        zs.append(z)
+        x = torch.relu(z)
+    return zs
+
+
+def evaluate(tm, case, seed: int) -> dict:
+    import torch
+    from nernfast.ops.predict import predict_rows, predict_rows_reference
+    tm.SEED = seed
+    torch.manual_seed(seed)
+    enc, pred, coords = tm.make(case)
+    g = torch.randn(case.n, case.k ** 2, device=tm.DEVICE).to(case.dtype)
+    names = ["forward"] + [n for n, _ in pred.named_parameters()]
+    ours, ours_g = tm.run_all(pred, enc, coords, g, lambda p, e, c: predict_rows(
+        p, e, c, backend="triton", first_layer=case.first, path=case.path))
+    # old rule
+    ref, ref_g = tm.run_all(pred, enc, coords, g, predict_rows_reference)
+    p64 = copy.deepcopy(pred).double()
+    truth = p64(enc(coords).double())
+    truth_g = torch.autograd.grad(truth, list(p64.parameters()), g.double())
+    rules = {"old": (ref, ref_g, truth.detach(), truth_g), "new": tm.expected(case, enc, pred, coords, g)}
+    out = {"case": str(case), "seed": seed}
+    for rule, (r, rg, t, tg) in rules.items():
+        checks = []
+        for name, a, b, tt in zip(names, [ours, *ours_g], [r, *rg], [t, *tg]):
+            scale = tt.abs().max().item()
+            e_ours, e_ref = tm.max_err(a, tt), tm.max_err(b, tt)
+            tol = 2 * e_ref + tm.FLOOR[case.dtype] * scale
+            ok = bool(torch.isfinite(a).all()) and e_ours <= tol
+            checks.append({"check": name, "ok": ok, "ratio": e_ours / tol if tol else float("inf")})
+        out[rule] = {"fail": [c["check"] for c in checks if not c["ok"]], "worst": max(c["ratio"] for c in checks)}
+    if out["old"]["fail"] and tm.emulated(case):
+        x = enc(coords)
+        xk = x.to(case.dtype).float() if case.first == "table" else x
+        with torch.no_grad():
+            zt, zk, zr = preacts(p64, x.double()), preacts(p64, xk.double()), preacts(pred, x.to(case.dtype))
+        fk = [(a > 0) != (b > 0) for a, b in zip(zt, zk)]
+        fr = [(a > 0) != (c > 0) for a, c in zip(zt, zr)]
+        out["flips"] = {"kernel_only": sum(int((k & ~r).sum()) for k, r in zip(fk, fr)),
+                        "ref_only": sum(int((r & ~k).sum()) for k, r in zip(fk, fr))}
+    return out
+
+
+def summary(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by = collections.defaultdict(list)
+    for r in rows:
+        by[r["case"]].append(r)
+    lines = ["| case | seeds | old rule: failing seeds | new rule: failing seeds | new: worst err/tol | "
+             "old failures with a kernel-only ReLU flip |", "|---|---|---|---|---|---|"]
+    for case, rs in by.items():
+        old = [r for r in rs if r["old"]["fail"]]
+        new = [r for r in rs if r["new"]["fail"]]
+        flips = [r for r in old if "flips" in r]
+        fl = f"{sum(r['flips']['kernel_only'] > 0 for r in flips)}/{len(flips)}" if flips else "-"
+        lines.append(f"| {case} | {len(rs)} | {len(old)} ({100 * len(old) / len(rs):.1f} %) | {len(new)} "
+                     f"({100 * len(new) / len(rs):.1f} %) | {max(r['new']['worst'] for r in rs):.3f} | {fl} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--seeds", default="0:500", help="range a:b")
+    ap.add_argument("--dtypes", default="bfloat16,float16,float32")
+    ap.add_argument("--bug", default="", help="apply one of the test module's deliberate kernel bugs")
+    ap.add_argument("--summary", action="store_true", help="only print the table of OUT")
+    args = ap.parse_args()
+    if args.summary:
+        print(summary(args.out))
+        return 0
+    import pytest
+    import test_triton_mlp as tm
+    cases = [c for c in tm.CASES if str(c.dtype)[6:] in args.dtypes.split(",")]
+    a, b = map(int, args.seeds.split(":"))
+    mp = pytest.MonkeyPatch()
+    if args.bug:
+        getattr(tm, f"_{args.bug}")(mp)
+    with open(args.out, "a") as f:
+        for seed in range(a, b):
+            for case in cases:
+                f.write(json.dumps(evaluate(tm, case, seed)) + "\n")
+                f.flush()
+    mp.undo()
+    print(summary(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
