@@ -101,6 +101,8 @@ def main() -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--seeds", default="0:500", help="range a:b")
     ap.add_argument("--dtypes", default="bfloat16,float16,float32")
+    ap.add_argument("--int", choices=("with", "without", "only"), default="with",
+                    help="the integer-coordinate cases too, not, or only them")
     ap.add_argument("--bug", default="", help="apply one of the test module's deliberate kernel bugs")
     ap.add_argument("--summary", action="store_true", help="only print the table of OUT")
     args = ap.parse_args()
@@ -109,7 +111,8 @@ def main() -> int:
         return 0
     import pytest
     import test_triton_mlp as tm
-    cases = [c for c in tm.CASES if str(c.dtype)[6:] in args.dtypes.split(",")]
+    cases = [c for c in tm.CASES if str(c.dtype)[6:] in args.dtypes.split(",")
+             and {"with": True, "without": c.coords != "int", "only": c.coords == "int"}[args.int]]
     a, b = map(int, args.seeds.split(":"))
     mp = pytest.MonkeyPatch()
     if args.bug:

@@ -28,11 +28,12 @@ def _seed():
     torch.manual_seed(SEED)
 
 
-@pytest.fixture(scope="module")
-def nern():
+@pytest.fixture(scope="module", params=["none", "local"], ids=["int-coords", "local-coords"])
+def nern(request):
     torch.manual_seed(SEED)
-    # ResNet-20 with the defaults that matter here: 'local' normalisation, in-filter permutation.
-    return NeRN.from_model(build_model("resnet20"), hidden=24, num_blocks=4)
+    # ResNet-20, in-filter permutation; normalisation 'none' (the default: raw integer layer/filter/
+    # channel indices) and 'local' (index / count, per layer).
+    return NeRN.from_model(build_model("resnet20"), hidden=24, num_blocks=4, normalization=request.param)
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rel: float, what: str = "") -> None:
@@ -49,7 +50,7 @@ def test_coordinate_index_is_exact_and_cached(nern):
     for c, v in enumerate(index.values):
         assert torch.equal(v[index.idx[:, c] - offset], coords[:, c]), f"coordinate {c} not reproduced"
         offset += v.numel()
-    # 'local' normalisation: distinct values per coordinate, far fewer than rows.
+    # Few distinct values per coordinate (either normalisation), far fewer than rows.
     assert index.sizes[0] == len(nern.plan.layers) and index.num_entries < 200 < nern.plan.num_rows
     other = coords.clone()
     assert coordinate_index(other) is not index
@@ -90,6 +91,21 @@ def test_cpu_takes_torch_path_with_tables(nern, monkeypatch):
     want = torch.autograd.grad(predict_rows_reference(nern.predictor, nern.encoding, coords), params, g)
     for (name, _), a, b in zip(nern.predictor.named_parameters(), ours, want):
         close(a, b, 1e-5, f"grad {name}")
+
+
+@pytest.mark.parametrize("first_layer", ["table", "direct"])
+def test_triton_backend_on_plan_coordinates(nern, first_layer):
+    """The kernels through the dispatcher on a plan's own coordinates (a row subset: the interpreter
+    is slow), forward and every parameter gradient, against the reference."""
+    coords = nern.coords[torch.randperm(nern.plan.num_rows)[:40]]
+    params = list(nern.predictor.parameters())
+    g = torch.randn(40, 9)
+    ours = predict_rows(nern.predictor, nern.encoding, coords, backend="triton", first_layer=first_layer)
+    ref = predict_rows_reference(nern.predictor, nern.encoding, coords)
+    close(ours, ref, 1e-5, f"triton {first_layer} rows")
+    for (name, _), a, b in zip(nern.predictor.named_parameters(), torch.autograd.grad(ours, params, g),
+                               torch.autograd.grad(ref, params, g)):
+        close(a, b, 1e-5, f"triton {first_layer} grad {name}")
 
 
 def test_backend_choice(monkeypatch):

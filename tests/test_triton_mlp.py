@@ -6,15 +6,18 @@ before any kernel is defined) on tiny shapes; with a GPU the same tests run comp
 Random inputs from ``session_seed()`` (nernfast.testing.seed): a fixed seed by default,
 ``NERNFAST_TEST_SEED=<seed>`` to replay one, ``NERNFAST_TEST_SEED=random`` for a fresh one.
 
-Tolerances are bounded by the reference's own error: with ``truth`` the float64 result for the same
-parameters, inputs and upstream gradient, each check requires
+Tolerances are bounded by the reference's own error: with ``truth`` the float64 result (encoding
+included) for the same parameters, inputs and upstream gradient, each check requires
     err(kernel) <= 2 * err(reference) + floor(dtype) * scale,
 errors as max |x - truth| and scale = max |truth| (per output, per parameter gradient). The
 reference does the arithmetic the kernel does: operands in the compute dtype, fp32 accumulation.
 The kernels sum in another order (and the table path sums three tables instead of one 240-term
 product), hence the factor 2; the floor covers a reference that is exact by luck on a tiny shape:
 fp32 1e-5 (~2^-17, far below any useful regression), fp16 2^-10 and bf16 2^-7 (one unit in the
-last place of the dtype).
+last place of the dtype). The encoding counts as part of the computation: with raw integer
+coordinates its fp32 arguments reach ~10^3 (ulp ~10^-4), and the kernel's FFN argument sums its
+three terms in another order than the module's matmul, so a truth built on the module's fp32
+encoding would charge that difference to the kernel alone.
 
 Why the reference must round where the kernel rounds: a ReLU whose pre-activation lies within
 rounding distance of 0 may switch on in one computation and off in another, and one such flip
@@ -66,10 +69,11 @@ class Case:
     hidden: int
     k: int
     n: int
+    coords: str = "unit"  # unit: normalised to [0, 1) | int: raw integer indices (normalization 'none', the default)
 
     def __str__(self) -> str:
         return (f"{self.enc}-{self.first}-{self.path}-{str(self.dtype)[6:]}-nb{self.blocks}-H{self.hidden}"
-                f"-K{self.k}-n{self.n}")
+                f"-K{self.k}-n{self.n}" + ("-int" if self.coords == "int" else ""))
 
 
 CASES = [
@@ -84,6 +88,13 @@ CASES = [
     Case("basic", "table", "fused", torch.bfloat16, 3, 48, 3, 37),
     Case("basic", "direct", "layered", torch.bfloat16, 4, 32, 5, 37),
     Case("basic", "direct", "fused", torch.float32, 8, 32, 3, 1),
+    # Raw integer coordinates. First the defaults (basic encoding L=40, H140, 5 blocks, K3, what
+    # first_layer/path "auto" pick on CUDA: tables, fused), in fp32 and bf16.
+    Case("basic", "table", "fused", torch.float32, 5, 140, 3, 37, "int"),
+    Case("basic", "table", "fused", torch.bfloat16, 5, 140, 3, 37, "int"),
+    Case("basic", "direct", "layered", torch.float16, 4, 48, 3, 37, "int"),
+    Case("basic", "direct", "fused", torch.bfloat16, 3, 32, 5, 37, "int"),
+    Case("ffn", "direct", "fused", torch.float32, 3, 32, 3, 37, "int"),
 ]
 
 
@@ -93,10 +104,12 @@ def make(case: Case):
     with torch.no_grad():  # biases away from zero so the bias paths matter
         for lin in pred.linears():
             lin.bias.uniform_(-0.5, 0.5)
-    # Coordinates as a plan makes them: integer / count, few distinct values per coordinate.
-    n = case.n
-    coords = torch.stack([torch.randint(0, 5, (n,)) / 5, torch.randint(0, 16, (n,)) / 16,
-                          torch.randint(0, 12, (n,)) / 12], 1).float()
+    # Coordinates as a plan makes them, few distinct values per coordinate: (layer, filter, channel)
+    # indices as they are (normalization 'none') or divided by a count ('local').
+    n, counts = case.n, (20, 64, 48) if case.coords == "int" else (5, 16, 12)
+    coords = torch.stack([torch.randint(0, c, (n,)) for c in counts], 1).float()
+    if case.coords == "unit":
+        coords = coords / torch.tensor(counts)
     return enc.to(DEVICE), pred.to(DEVICE, case.dtype), coords.to(DEVICE)
 
 
@@ -136,7 +149,7 @@ def expected(case: Case, enc, pred, coords, g):
     bf16 detour it is the fp32 composition on the bf16 values, on the encoding the kernel sees (the
     table path rounds it to bf16), rounded to bf16 at the end (see the module doc).
     """
-    x = enc(coords)  # the encoding is defined in fp32
+    x = enc(coords)
     if emulated(case):
         if case.first == "table":
             x = x.to(case.dtype).float()
@@ -147,7 +160,7 @@ def expected(case: Case, enc, pred, coords, g):
     else:
         ref, ref_g = run_all(pred, enc, coords, g, predict_rows_reference)
     p64 = copy.deepcopy(pred).double()
-    truth = p64(x.double())
+    truth = p64(copy.deepcopy(enc).double()(coords.double()))
     truth_g = torch.autograd.grad(truth, list(p64.parameters()), g.double())
     return ref, ref_g, truth.detach(), truth_g
 
