@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Failure rate of the kernel tests' bound over many seeds, in one process (issue 15, item 1).
 
-    TRITON_INTERPRET=1 python benchmarks/tolerance_sweep.py OUT.jsonl --seeds 0:1000 --dtypes bfloat16,float16
+    TRITON_INTERPRET=1 python benchmarks/tolerance_sweep.py OUT.jsonl --seeds 0:1000 --precs bf16,fp16
     python benchmarks/tolerance_sweep.py OUT.jsonl --summary          # the table of an existing file
 
 For every seed and case of tests/test_triton_mlp.py it runs the kernel once and evaluates every check
@@ -9,10 +9,11 @@ For every seed and case of tests/test_triton_mlp.py it runs the kernel once and 
 
 * ``old``: the bound as it was before issue 15: the reference in the case's dtype everywhere and the
   float64 truth on the fp32 encoding, also for the interpreter's bf16 detour (fp32 arithmetic);
-* ``new``: ``expected()`` of the test module (the reference doing the kernel's arithmetic).
+* ``new``: ``nernfast.testing.kernel_harness.expected`` (the reference doing the kernel's
+  arithmetic, the truth evaluating the encoding in float64 too).
 
-With ``--bug NAME`` one of the test module's deliberate kernel bugs is applied (the new rule must
-then fail every seed). For the old rule's failures of the emulated (interpreted bf16) cases it also
+With ``--bug NAME`` one of the harness's deliberate kernel bugs (``BUGS``) is applied (the new rule
+must then fail every seed). For the old rule's failures of the emulated (interpreted bf16) cases it also
 counts ReLU flips against the float64 forward: ``kernel_only`` (the kernel's input, which under the
 interpreter it computes in fp32, puts a pre-activation on the other side of 0 than the truth while
 the bf16 reference does not) and ``ref_only``.
@@ -41,33 +42,29 @@ def preacts(pred, x):
     return zs
 
 
-def evaluate(tm, case, seed: int) -> dict:
+def evaluate(tm, case, seed: int, bug: bool = False) -> dict:
     import torch
-    from nernfast.ops.predict import predict_rows, predict_rows_reference
-    tm.SEED = seed
-    torch.manual_seed(seed)
-    enc, pred, coords = tm.make(case)
+    from nernfast.ops.predict import predict_rows_reference
+    from nernfast.testing import kernel_harness as H
+    enc, pred, coords = H.make(case, seed, tm.DEVICE)
     g = torch.randn(case.n, case.k ** 2, device=tm.DEVICE).to(case.dtype)
     names = ["forward"] + [n for n, _ in pred.named_parameters()]
-    ours, ours_g = tm.run_all(pred, enc, coords, g, lambda p, e, c: predict_rows(
-        p, e, c, backend="triton", first_layer=case.first, path=case.path))
+    ours, ours_g = H.kernel_rows(case, enc, pred, coords, g)
     # old rule
-    ref, ref_g = tm.run_all(pred, enc, coords, g, predict_rows_reference)
+    ref = predict_rows_reference(pred, enc, coords)
+    ref_g = H.param_grads(ref, pred, g)
     p64 = copy.deepcopy(pred).double()
     truth = p64(enc(coords).double())
-    truth_g = torch.autograd.grad(truth, list(p64.parameters()), g.double())
-    rules = {"old": (ref, ref_g, truth.detach(), truth_g), "new": tm.expected(case, enc, pred, coords, g)}
+    truth_g = H.param_grads(truth, p64, g)
+    rules = {"old": (ref.detach(), ref_g, truth.detach(), truth_g),
+             "new": H.expected(case.prec, case.first, enc, pred, coords, g)}
     out = {"case": str(case), "seed": seed}
     for rule, (r, rg, t, tg) in rules.items():
-        checks = []
-        for name, a, b, tt in zip(names, [ours, *ours_g], [r, *rg], [t, *tg]):
-            scale = tt.abs().max().item()
-            e_ours, e_ref = tm.max_err(a, tt), tm.max_err(b, tt)
-            tol = 2 * e_ref + tm.FLOOR[case.dtype] * scale
-            ok = bool(torch.isfinite(a).all()) and e_ours <= tol
-            checks.append({"check": name, "ok": ok, "ratio": e_ours / tol if tol else float("inf")})
-        out[rule] = {"fail": [c["check"] for c in checks if not c["ok"]], "worst": max(c["ratio"] for c in checks)}
-    if out["old"]["fail"] and tm.emulated(case):
+        checks = [H.measure(name, a, b, tt, case.prec)
+                  for name, a, b, tt in zip(names, [ours, *ours_g], [r, *rg], [t, *tg])]
+        out[rule] = {"fail": [c["check"] for c in checks if not c["ok"]],
+                     "worst": max(c["err"] / c["tol"] if c["tol"] else float("inf") for c in checks)}
+    if out["old"]["fail"] and H.emulated(case.prec) and not bug:
         x = enc(coords)
         xk = x.to(case.dtype).float() if case.first == "table" else x
         with torch.no_grad():
@@ -100,7 +97,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--seeds", default="0:500", help="range a:b")
-    ap.add_argument("--dtypes", default="bfloat16,float16,float32")
+    ap.add_argument("--precs", default="bf16,fp16,fp32")
     ap.add_argument("--int", choices=("with", "without", "only"), default="with",
                     help="the integer-coordinate cases too, not, or only them")
     ap.add_argument("--bug", default="", help="apply one of the test module's deliberate kernel bugs")
@@ -111,16 +108,17 @@ def main() -> int:
         return 0
     import pytest
     import test_triton_mlp as tm
-    cases = [c for c in tm.CASES if str(c.dtype)[6:] in args.dtypes.split(",")
+    from nernfast.testing.kernel_harness import BUGS
+    cases = [c for c in tm.CASES if c.prec in args.precs.split(",")
              and {"with": True, "without": c.coords != "int", "only": c.coords == "int"}[args.int]]
     a, b = map(int, args.seeds.split(":"))
     mp = pytest.MonkeyPatch()
     if args.bug:
-        getattr(tm, f"_{args.bug}")(mp)
+        BUGS[args.bug](mp)
     with open(args.out, "a") as f:
         for seed in range(a, b):
             for case in cases:
-                f.write(json.dumps(evaluate(tm, case, seed)) + "\n")
+                f.write(json.dumps(evaluate(tm, case, seed, bool(args.bug))) + "\n")
                 f.flush()
     mp.undo()
     print(summary(args.out))
