@@ -66,7 +66,7 @@ import triton
 import triton.language as tl
 
 from . import linear as _linear
-from .encoding import ENC_BASIC, ENC_FFN, ENC_TABLE, encode_tile, table_tile
+from .encoding import ENC_BASIC, ENC_FFN, ENC_MODES, ENC_TABLE, encode_tile, table_tile
 from .linear import INTERPRET, linear, triton_dtype
 
 FUSED_MAX_HIDDEN = 512  # switch point: above this width the layered (per-layer GEMM) path is used
@@ -432,7 +432,8 @@ def fused_mlp(x: torch.Tensor, first: torch.Tensor, b0: torch.Tensor | None,
     x: coords (n, 3) fp32 (``ENC_BASIC``/``ENC_FFN``) or table indices (n, 3) int32 (``ENC_TABLE``).
     first: W_0 (H, in) in the compute dtype, or the table (U, H) fp32 (bias folded in; b0 = None).
     mids: [(W_l (H, H), b_l (H,))] hidden layers; wf (KK, H), bf (KK,): the compute dtype is wf's.
-    freq: ``BasicEncoding.freqs`` (L,) or ``FFNEncoding.B`` (F, 3), fp32 (unused for tables).
+    freq: ``KernelEncoding.params`` of the encoding (nernfast.encoding): the basic encoding's
+        frequencies (L,) or the FFN's B (F, 3), fp32 (unused for tables); mode: ``ENC_MODES[kind]``.
     out: optional (n, KK) destination (e.g. a view of the flat conv-weight buffer); no-grad calls only.
     packed: ``pack_weights`` of these weights for this spec, if the caller caches it.
     Under the interpreter, bf16 runs through the fp32 path (see module doc).
@@ -459,5 +460,5 @@ def fused_mlp(x: torch.Tensor, first: torch.Tensor, b0: torch.Tensor | None,
                                   *[t for wb in mids for t in wb])
 
 
-__all__ = ["ENC_BASIC", "ENC_FFN", "ENC_TABLE", "FUSED_MAX_HIDDEN", "FusedMLPFunction", "MLPSpec", "Packed",
+__all__ = ["ENC_BASIC", "ENC_FFN", "ENC_MODES", "ENC_TABLE", "FUSED_MAX_HIDDEN", "FusedMLPFunction", "MLPSpec", "Packed",
            "fused_mlp", "make_spec", "mlp_backward", "mlp_forward", "pack_weights"]

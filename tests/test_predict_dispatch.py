@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nernfast.encoding import BasicEncoding, FFNEncoding
+from nernfast.encoding import BasicEncoding, FFNEncoding, PositionalEncoding
 from nernfast.models import build_model
 from nernfast.nern import NeRN
 from nernfast.ops import predict as P
@@ -192,3 +192,44 @@ def test_low_precision_cpu(nern, mode):
     e_ref = (ref.double() - truth).abs().max().item()
     e_ours = (ours.double() - truth).abs().max().item()
     assert e_ours <= 2 * e_ref + 2**-8 * truth.abs().max().item(), (e_ours, e_ref, SEED)
+
+
+class _Octaves(PositionalEncoding):
+    """An encoding the ops have never heard of: per-coordinate blocks (sin/cos at powers of 2), no
+    Triton form. It must reach the table shortcut (CPU and Triton) through the interface alone."""
+    coordinate_blocks = True
+
+    def __init__(self, levels: int = 5):
+        super().__init__()
+        self.register_buffer("freqs", 2.0 ** torch.arange(levels, dtype=torch.float32), persistent=False)
+
+    @property
+    def out_features(self) -> int:
+        return 6 * self.freqs.numel()
+
+    def encode_coordinate(self, values: torch.Tensor) -> torch.Tensor:
+        x = values.float()[:, None] * self.freqs
+        return torch.cat((torch.sin(x), torch.cos(x)), 1)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.encode_coordinate(coords[:, c]) for c in range(3)], 1)
+
+
+def test_a_new_encoding_needs_only_the_interface(monkeypatch):
+    enc = _Octaves()
+    pred = Predictor(enc.out_features, 16, 3, 3)
+    coords = torch.randint(0, 9, (30, 3)).float()
+    params = list(pred.parameters())
+    g = torch.randn(30, 9)
+    ref = predict_rows_reference(pred, enc, coords)
+    ref_g = torch.autograd.grad(ref, params, g)
+    calls = []
+    real_table = P.first_layer_table
+    monkeypatch.setattr(P, "first_layer_table", lambda *a, **k: calls.append(1) or real_table(*a, **k))
+    for backend, first in (("torch", "auto"), ("triton", "table"), ("triton", "direct")):
+        calls.clear()
+        ours = predict_rows(pred, enc, coords, backend=backend, first_layer=first)
+        close(ours, ref, 1e-5, f"{backend}/{first} rows")
+        for a, b in zip(torch.autograd.grad(ours, params, g), ref_g):
+            close(a, b, 1e-5, f"{backend}/{first} grad")
+        assert bool(calls) == (first != "direct"), (backend, first, "tables used" if calls else "no tables")

@@ -140,7 +140,7 @@ def timings(rec: Recorder, case: Network, rates: dict, budget: float) -> None:
         ms = bench(fn, reps_ms=200)
         t_ref = ms[0]
         row("reference", "fp32", ms, case.flops(False), launches(fn), "precomputed encodings, chunks of 4096")
-    table = TABLE_ON_CUDA and case.enc.__class__.__name__ == "BasicEncoding"
+    table = TABLE_ON_CUDA and case.enc.coordinate_blocks
     for prec in TIMED_PRECISIONS:
         if over():
             rec.log(f"  {case.name} {prec}: skipped (time budget)")
