@@ -151,3 +151,68 @@ def test_path_switch_and_limits():
     pred = Predictor(enc.out_features, 16, 9, 3).to(DEVICE)  # K*K = 81 > 64
     with pytest.raises(ValueError, match="K\\*K"):
         predict_rows(pred, enc, torch.zeros(3, 3, device=DEVICE), backend="triton")
+
+
+# ---- the custom ops: schema, fake kernels, autograd registration, torch.compile -----------------------
+def _op_args(first: str, save: bool = True):
+    """Arguments of torch.ops.nernfast.fused_mlp for a small fp32 case, as predict_rows builds them."""
+    enc, pred, coords = make(Case("basic", first, "fused", "fp32", 3, 32, 3, 21, "int"))
+    lins = pred.linears()
+    mids = [(l.weight, l.bias) for l in lins[1:-1]]
+    wf, bf = lins[-1].weight, lins[-1].bias
+    if first == "table":
+        from nernfast.ops.tables import coordinate_index, first_layer_table
+        index = coordinate_index(coords)
+        x, w0, b0, mode, levels = index.idx32, first_layer_table(enc, lins[0].weight, lins[0].bias, index), None, \
+            fm.ENC_TABLE, 1
+        freq = w0.detach()
+    else:
+        ke = enc.kernel_encoding()
+        x, w0, b0, mode, levels, freq = coords, lins[0].weight, lins[0].bias, fm.ENC_MODES[ke.kind], ke.size, ke.params
+    spec = fm.make_spec(mode, levels, w0, wf, len(mids), "ieee", "fused")
+    pk = fm.pack_weights(spec, w0, b0, mids, wf, bf)
+    return (x, freq, w0, b0, wf, bf, [t for wb in mids for t in wb], pk.first, pk.b0, pk.wm, pk.bm, pk.wf, pk.bf,
+            mode, levels, "ieee", "fused", save), spec
+
+
+@pytest.mark.parametrize("first", ["direct", "table"])
+def test_opcheck_schema_fake_and_autograd_registrations(first: str):
+    args, spec = _op_args(first)
+    torch.library.opcheck(torch.ops.nernfast.fused_mlp.default, args)
+    rows, acts = torch.ops.nernfast.fused_mlp(*args)
+    x, freq, w0, wf, pk = args[0], args[1], args[2], args[4], args[7:13]
+    g = torch.randn_like(rows)
+    torch.library.opcheck(torch.ops.nernfast.fused_mlp_backward.default,
+                          (g, x, freq, acts.detach(), pk[2], pk[4], spec.mode, spec.levels, spec.in_features,
+                           spec.hidden, w0.shape[0], "ieee", "fused"))
+    out = torch.full_like(rows, float("nan")).detach()
+    torch.library.opcheck(torch.ops.nernfast.fused_mlp_into.default,
+                          (x, freq, w0.detach(), wf.detach(), *[t if t is None else t.detach() for t in pk], spec.nmid,
+                           spec.mode, spec.levels, "ieee", "fused", out))
+
+
+def test_torch_compile_fullgraph_traces_the_op():
+    """predict_rows on the Triton backend, forward and backward, compiled with fullgraph=True (no graph
+    break); the graphs hold the custom ops (AOTAutograd with the fake kernels; the graphs then run
+    eagerly). The table first layer is not traced: its coordinate index is a data-dependent cache."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    enc, pred, coords = make(Case("basic", "direct", "fused", "fp32", 3, 32, 3, 21, "int"))
+    traced: list[str] = []
+
+    def keep_graph(gm, _inputs):
+        traced.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return make_boxed_func(gm)
+
+    def step(c):
+        return predict_rows(pred, enc, c, backend="triton", first_layer="direct").square().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend=aot_autograd(fw_compiler=keep_graph, bw_compiler=keep_graph))
+    params = list(pred.parameters())
+    ours = torch.autograd.grad(compiled(coords), params)
+    ref = torch.autograd.grad(predict_rows_reference(pred, enc, coords).square().sum(), params)
+    for (name, _), a, b in zip(pred.named_parameters(), ours, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    assert "nernfast.fused_mlp.default" in traced and "nernfast.fused_mlp_backward.default" in traced, traced

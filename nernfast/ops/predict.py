@@ -105,9 +105,14 @@ def _predict_torch(predictor: Predictor, encoding: PositionalEncoding, coords: t
     return torch.cat([run(i) for i in index.idx.split(chunk)])
 
 
+@torch.compiler.assume_constant_result  # read at trace time (dynamo cannot trace it)
+def _fp32_matmul_precision() -> str:
+    return torch.get_float32_matmul_precision()
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     # fp32 kernels use tf32 tensor cores exactly when PyTorch's own fp32 matmuls may.
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+    if dtype == torch.float32 and _fp32_matmul_precision() != "highest":
         return "tf32"
     return "ieee"
 
@@ -117,7 +122,11 @@ _PACKS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionar
 
 def _packed(fm, predictor: Predictor, spec, weights: list) -> object:
     """The padded compute copies of the predictor's weights, rebuilt only when a parameter changes
-    (in-place updates bump ``_version``) or the dtype/width/path differ."""
+    (in-place updates bump ``_version``) or the dtype/width/path differ. Under torch.compile they are
+    built in the graph (the cache key reads data pointers, which cannot be traced)."""
+    if torch.compiler.is_compiling():
+        first, b0, mids, wf, bf = weights
+        return fm.pack_weights(spec, first, b0, mids, wf, bf)
     key = (spec, tuple((p.data_ptr(), p._version) for p in predictor.parameters()))
     hit = _PACKS.get(predictor)
     if hit is not None and hit[0] == key:
