@@ -9,8 +9,9 @@ For every seed and case of tests/test_triton_mlp.py it runs the kernel once and 
 
 * ``old``: the bound as it was before issue 15: the reference in the case's dtype everywhere and the
   float64 truth on the fp32 encoding, also for the interpreter's bf16 detour (fp32 arithmetic);
-* ``new``: ``nernfast.testing.kernel_harness.expected`` (the reference doing the kernel's
-  arithmetic, the truth evaluating the encoding in float64 too).
+* ``new``: ``nernfast.testing.kernel_harness.check_rows`` (the reference doing the kernel's
+  arithmetic, the truth evaluating the encoding in float64 too, rows whose ReLU masks differ
+  between kernel and reference at a kink carrying no gradient; ``mask_rows`` counts them).
 
 With ``--bug NAME`` one of the harness's deliberate kernel bugs (``BUGS``) is applied (the new rule
 must then fail every seed). For the old rule's failures of the emulated (interpreted bf16) cases it also
@@ -32,43 +33,33 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def preacts(pred, x):
-    import torch
-    zs = []
-    for lin in pred.layers:
-        z = lin(x)
-        zs.append(z)
-        x = torch.relu(z)
-    return zs
-
-
 def evaluate(tm, case, seed: int, bug: bool = False) -> dict:
     import torch
     from nernfast.ops.predict import predict_rows_reference
     from nernfast.testing import kernel_harness as H
     enc, pred, coords = H.make(case, seed, tm.DEVICE)
     g = torch.randn(case.n, case.k ** 2, device=tm.DEVICE).to(case.dtype)
-    names = ["forward"] + [n for n, _ in pred.named_parameters()]
-    ours, ours_g = H.kernel_rows(case, enc, pred, coords, g)
+    new, out = H.check_rows(str(case), case.prec, case.first, case.path, enc, pred, coords, g, keep_graph=True)
+    with H.precision(case.prec):
+        ours, ours_g = out.detach(), H.param_grads(out, pred, g)
     # old rule
     ref = predict_rows_reference(pred, enc, coords)
     ref_g = H.param_grads(ref, pred, g)
     p64 = copy.deepcopy(pred).double()
     truth = p64(enc(coords).double())
     truth_g = H.param_grads(truth, p64, g)
-    rules = {"old": (ref.detach(), ref_g, truth.detach(), truth_g),
-             "new": H.expected(case.prec, case.first, enc, pred, coords, g)}
-    out = {"case": str(case), "seed": seed}
-    for rule, (r, rg, t, tg) in rules.items():
-        checks = [H.measure(name, a, b, tt, case.prec)
-                  for name, a, b, tt in zip(names, [ours, *ours_g], [r, *rg], [t, *tg])]
+    names = ["forward"] + [n for n, _ in pred.named_parameters()]
+    old = [H.measure(name, a, b, t, case.prec)
+           for name, a, b, t in zip(names, [ours, *ours_g], [ref.detach(), *ref_g], [truth.detach(), *truth_g])]
+    out = {"case": str(case), "seed": seed, "mask_rows": next(r["rows"] for r in new if r["check"].endswith("masks"))}
+    for rule, checks in (("old", old), ("new", new)):
         out[rule] = {"fail": [c["check"] for c in checks if not c["ok"]],
-                     "worst": max(c["err"] / c["tol"] if c["tol"] else float("inf") for c in checks)}
+                     "worst": max(c["err"] / c["tol"] if c["tol"] else float("inf") for c in checks if "err" in c)}
     if out["old"]["fail"] and H.emulated(case.prec) and not bug:
         x = enc(coords)
         xk = x.to(case.dtype).float() if case.first == "table" else x
-        with torch.no_grad():
-            zt, zk, zr = preacts(p64, x.double()), preacts(p64, xk.double()), preacts(pred, x.to(case.dtype))
+        zt, zk, zr = H.preactivations(p64, x.double()), H.preactivations(p64, xk.double()), \
+            H.preactivations(pred, x.to(case.dtype))
         fk = [(a > 0) != (b > 0) for a, b in zip(zt, zk)]
         fr = [(a > 0) != (c > 0) for a, c in zip(zt, zr)]
         out["flips"] = {"kernel_only": sum(int((k & ~r).sum()) for k, r in zip(fk, fr)),
@@ -82,14 +73,15 @@ def summary(path: Path) -> str:
     for r in rows:
         by[r["case"]].append(r)
     lines = ["| case | seeds | old rule: failing seeds | new rule: failing seeds | new: worst err/tol | "
-             "old failures with a kernel-only ReLU flip |", "|---|---|---|---|---|---|"]
+             "old failures with a kernel-only ReLU flip | seeds with kink rows (new) |", "|---|---|---|---|---|---|---|"]
     for case, rs in by.items():
         old = [r for r in rs if r["old"]["fail"]]
         new = [r for r in rs if r["new"]["fail"]]
         flips = [r for r in old if "flips" in r]
         fl = f"{sum(r['flips']['kernel_only'] > 0 for r in flips)}/{len(flips)}" if flips else "-"
         lines.append(f"| {case} | {len(rs)} | {len(old)} ({100 * len(old) / len(rs):.1f} %) | {len(new)} "
-                     f"({100 * len(new) / len(rs):.1f} %) | {max(r['new']['worst'] for r in rs):.3f} | {fl} |")
+                     f"({100 * len(new) / len(rs):.1f} %) | {max(r['new']['worst'] for r in rs):.3f} | {fl} | "
+                     f"{sum(r.get('mask_rows', 0) > 0 for r in rs)} |")
     return "\n".join(lines)
 
 
