@@ -8,7 +8,8 @@ from .models import build_model
 from .nern import NeRN
 from .plan import LayerSpec, WeightPlan, build_plan
 from .predictor import Predictor
-from .selection import PlanError, select_layers
+from .errors import PlanError
+from .selection import select_layers
 
 __version__ = "0.1.0"
 
