@@ -44,18 +44,13 @@ def reexec_installed() -> None:
 
 
 def ensure_importable(rec: Recorder | None = None):
-    """nernfast from the install, or (no pip / failed build) straight from the source tree."""
+    """nernfast from the install, or (no pip / failed build) straight from the source tree: with the
+    repository on sys.path, nernfast itself loads kernels/ as nernfast.kernels (nernfast/_source_tree.py)."""
     try:
         import nernfast.kernels.fused_mlp  # noqa: F401
     except ImportError:
-        (rec.log if rec else print)("nernfast not installed: importing it from the source tree (kernels/ as nernfast.kernels)")
+        (rec.log if rec else print)("nernfast not installed: importing it from the source tree")
         sys.path.insert(0, str(REPO))
-        import importlib
-        import kernels
-        sys.modules["nernfast.kernels"] = kernels
-        for m in ("encoding", "linear", "fused_mlp"):
-            sys.modules[f"nernfast.kernels.{m}"] = importlib.import_module(f"kernels.{m}")
+        import nernfast.kernels.fused_mlp  # noqa: F401,F811
     import nernfast
     return nernfast
-
-

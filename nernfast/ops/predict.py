@@ -139,7 +139,7 @@ def _packed(fm, predictor: Predictor, spec, weights: list) -> object:
 
 def _predict_triton(predictor: Predictor, encoding: PositionalEncoding, coords: torch.Tensor, use_table: bool,
                     out: torch.Tensor | None, path: str) -> torch.Tensor:
-    from ..kernels import fused_mlp as fm  # lazy: importing nernfast never needs triton
+    fm = _kernels()
     dev = coords.device.type
     dtype = compute_dtype(predictor, dev)
     lins = predictor.linears()
@@ -162,6 +162,19 @@ def _predict_triton(predictor: Predictor, encoding: PositionalEncoding, coords: 
             packed = _packed(fm, predictor, spec, [first, b0, mids, wf, bf])
         return fm.fused_mlp(x, first, b0, mids, wf, bf, freq, mode=mode, levels=levels,
                             dot_precision=_dot_precision(dtype), path=path, out=out, packed=packed)
+
+
+def _kernels():
+    """nernfast.kernels.fused_mlp, imported lazily (importing nernfast never needs triton)."""
+    try:
+        from ..kernels import fused_mlp
+    except ModuleNotFoundError as e:
+        if e.name not in ("nernfast.kernels", "nernfast.kernels.fused_mlp"):
+            raise
+        raise ImportError("nernfast.kernels (the Triton kernels: the repository's top-level kernels/ folder) is "
+                          "missing: install the package (pip install -e .) or run from a checkout with kernels/ "
+                          "beside nernfast/") from None
+    return fused_mlp
 
 
 def triton_available() -> bool:
