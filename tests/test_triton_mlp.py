@@ -52,8 +52,8 @@ CASES = [
     Case("basic", "direct", "fused", "fp32", 8, 32, 3, 1),
     # Raw integer coordinates. First the defaults (basic encoding L=40, H140, 5 blocks, K3, what
     # first_layer/path "auto" pick on CUDA: tables, fused), in fp32 and bf16.
-    Case("basic", "table", "fused", "fp32", 5, 140, 3, 37, "int"),
-    Case("basic", "table", "fused", "bf16", 5, 140, 3, 37, "int"),
+    Case("basic", "table", "fused", "fp32", 5, 140, 3, 19, "int"),
+    Case("basic", "table", "fused", "bf16", 5, 140, 3, 19, "int"),
     Case("basic", "direct", "layered", "fp16", 4, 48, 3, 37, "int"),
     Case("basic", "direct", "fused", "bf16", 3, 32, 5, 37, "int"),
     Case("ffn", "direct", "fused", "fp32", 3, 32, 3, 37, "int"),
