@@ -1,8 +1,8 @@
 """A bare checkout (the repository on sys.path, not installed) finds nernfast.kernels, the top-level
 kernels/ folder that setup.py maps when installing; without kernels/ the Triton path says so clearly.
 
-Each check runs a fresh interpreter on a copy of the tree in tmp_path, with the editable install's
-finder removed, so only the copy can provide nernfast and nernfast.kernels."""
+The first check runs a fresh interpreter on a copy of the tree in tmp_path, with the editable
+install's finder removed, so only the copy can provide nernfast and nernfast.kernels."""
 from __future__ import annotations
 
 import os
@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PRELUDE = """
@@ -20,12 +22,11 @@ assert nernfast.__file__.startswith(sys.argv[1]), nernfast.__file__
 """
 
 
-def _copy(tmp_path: Path, with_kernels: bool) -> Path:
+def _copy(tmp_path: Path) -> Path:
     repo = tmp_path / "checkout"
     ignore = shutil.ignore_patterns("__pycache__", "*.so")
-    shutil.copytree(ROOT / "nernfast", repo / "nernfast", ignore=ignore)
-    if with_kernels:
-        shutil.copytree(ROOT / "kernels", repo / "kernels", ignore=ignore)
+    for part in ("nernfast", "kernels"):
+        shutil.copytree(ROOT / part, repo / part, ignore=ignore)
     return repo
 
 
@@ -36,7 +37,7 @@ def _run(repo: Path, code: str) -> subprocess.CompletedProcess:
 
 
 def test_bare_checkout_loads_kernels_from_the_source_tree(tmp_path):
-    repo = _copy(tmp_path, with_kernels=True)
+    repo = _copy(tmp_path)
     r = _run(repo, """
 import torch
 from nernfast.kernels import fused_mlp
@@ -54,14 +55,16 @@ print("ok")
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
 
 
-def test_missing_kernels_give_a_clear_error(tmp_path):
-    repo = _copy(tmp_path, with_kernels=False)
-    r = _run(repo, """
-from nernfast.ops.predict import _kernels
-try:
-    _kernels()
-except ImportError as e:
-    print(e)
-""")
-    assert r.returncode == 0, r.stderr
-    assert "nernfast.kernels" in r.stdout and "pip install -e ." in r.stdout and "kernels/ beside nernfast/" in r.stdout
+def test_missing_kernels_give_a_clear_error(tmp_path, monkeypatch):
+    """In-process: no installed mapping, no kernels/ beside the package, no module imported yet."""
+    import nernfast._source_tree as st
+    from nernfast.ops.predict import _kernels
+    monkeypatch.setattr(st, "KERNELS", tmp_path / "kernels")
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path
+                                           if getattr(f, "__name__", type(f).__name__) != "_EditableFinder"])
+    for name in [m for m in sys.modules if m == "nernfast.kernels" or m.startswith("nernfast.kernels.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delattr(sys.modules["nernfast"], "kernels", raising=False)
+    with pytest.raises(ImportError, match=r"nernfast.kernels .*pip install -e \.\) or run from a checkout with kernels/ "
+                                          r"beside nernfast/"):
+        _kernels()
