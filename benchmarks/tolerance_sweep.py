@@ -92,6 +92,7 @@ def main() -> int:
     ap.add_argument("--precs", default="bf16,fp16,fp32")
     ap.add_argument("--int", choices=("with", "without", "only"), default="with",
                     help="the integer-coordinate cases too, not, or only them")
+    ap.add_argument("--match", default="", help="only the cases whose name contains this")
     ap.add_argument("--bug", default="", help="apply one of the test module's deliberate kernel bugs")
     ap.add_argument("--summary", action="store_true", help="only print the table of OUT")
     args = ap.parse_args()
@@ -102,7 +103,8 @@ def main() -> int:
     import test_triton_mlp as tm
     from nernfast.testing.kernel_harness import BUGS
     cases = [c for c in tm.CASES if c.prec in args.precs.split(",")
-             and {"with": True, "without": c.coords != "int", "only": c.coords == "int"}[args.int]]
+             and {"with": True, "without": c.coords != "int", "only": c.coords == "int"}[args.int]
+             and args.match in str(c)]
     a, b = map(int, args.seeds.split(":"))
     mp = pytest.MonkeyPatch()
     if args.bug:
