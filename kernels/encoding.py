@@ -25,6 +25,8 @@ import triton.language as tl
 ENC_BASIC = 0
 ENC_FFN = 1
 ENC_TABLE = 2
+# ``KernelEncoding.kind`` (nernfast.encoding) -> the mode computed here.
+ENC_MODES = {"basic": ENC_BASIC, "ffn": ENC_FFN}
 
 TWO_PI = tl.constexpr(6.283185307179586)  # float(2 * math.pi), as in FFNEncoding
 

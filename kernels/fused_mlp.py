@@ -54,7 +54,10 @@ Offsets are 64-bit (``program_id`` cast before multiplying), so any row count wo
 Autotuning (small config spaces) is on for compiled kernels unless ``NERNFAST_AUTOTUNE=0`` (then the
 first config is used); the interpreter uses fixed small blocks.
 Chain: ``_fused_mlp_fwd_kernel`` / ``_table_relu_kernel`` -> ``fused_forward`` / ``layered_forward``
--> ``mlp_forward``; ``mlp_backward`` -> ``FusedMLPFunction`` -> ``fused_mlp`` (functional wrapper).
+-> ``mlp_forward``; ``mlp_backward`` -> the torch.library custom ops ``nernfast::fused_mlp`` (rows and
+saved activations; autograd through ``nernfast::fused_mlp_backward``) and ``nernfast::fused_mlp_into``
+(no-grad, into a given buffer), each with a fake kernel for torch.compile -> ``fused_mlp``
+(functional wrapper).
 """
 from __future__ import annotations
 
@@ -66,7 +69,7 @@ import triton
 import triton.language as tl
 
 from . import linear as _linear
-from .encoding import ENC_BASIC, ENC_FFN, ENC_TABLE, encode_tile, table_tile
+from .encoding import ENC_BASIC, ENC_FFN, ENC_MODES, ENC_TABLE, encode_tile, table_tile
 from .linear import INTERPRET, linear, triton_dtype
 
 FUSED_MAX_HIDDEN = 512  # switch point: above this width the layered (per-layer GEMM) path is used
@@ -384,36 +387,6 @@ def mlp_backward(g, x, pk: Packed, freq, acts, spec: MLPSpec, table_rows: int = 
     return d_w0, dz[:, :H].float().sum(0), mids, d_wf, d_bf
 
 
-class FusedMLPFunction(torch.autograd.Function):
-    """rows = MLP(encoding(x)); differentiable w.r.t. first/b0/wf/bf and every hidden (w, b), not x.
-
-    ``apply(x, freq, spec, save, out, pk, first, b0, wf, bf, *mids)``: ``pk`` holds the padded compute
-    copies of the same weights (``pack_weights``); the tensors after it are the autograd inputs.
-    In table mode ``first`` is the (U, H) fp32 table and ``pk.first`` is unused.
-    """
-
-    @staticmethod
-    def forward(ctx, x, freq, spec, save, out, pk, first, b0, wf, bf, *mids):
-        tab = pad_table(first, spec) if spec.mode == ENC_TABLE else pk.first
-        rows, acts = mlp_forward(x, tab, pk, freq, spec, save, out)
-        if save:
-            ctx.save_for_backward(x, freq)
-            ctx.spec, ctx.pk, ctx.acts, ctx.table_rows = spec, pk, acts, first.shape[0]
-        return rows
-
-    @staticmethod
-    def backward(ctx, g):
-        x, freq = ctx.saved_tensors
-        spec = ctx.spec
-        d_first, d_b0, mids, d_wf, d_bf = mlp_backward(g, x, ctx.pk, freq, ctx.acts, spec, ctx.table_rows)
-        dt = spec.dtype
-        cast = lambda t: None if t is None else t.to(dt)  # noqa: E731
-        grads = [d_first if spec.mode == ENC_TABLE else cast(d_first), cast(d_b0), cast(d_wf), cast(d_bf)]
-        for d_w, d_b in mids:
-            grads += [cast(d_w), cast(d_b)]
-        return (None, None, None, None, None, None, *grads)
-
-
 def make_spec(mode: int, levels: int, first: torch.Tensor, wf: torch.Tensor, nmid: int, dot_precision: str,
               path: str = "auto") -> MLPSpec:
     H, KK = wf.shape[1], wf.shape[0]
@@ -421,6 +394,94 @@ def make_spec(mode: int, levels: int, first: torch.Tensor, wf: torch.Tensor, nmi
         raise ValueError(f"K*K = {KK} outputs per row; the kernels support K*K <= {MAX_OUTPUTS} (K <= 8)")
     in_features = 0 if mode == ENC_TABLE else first.shape[1]
     return MLPSpec(mode, levels, in_features, H, KK, nmid, wf.dtype, dot_precision, choose_path(H, path))
+
+
+# ---- the custom ops (torch.library) --------------------------------------------------------------
+# Tensor arguments only, so torch.compile traces them (fake kernels below) and opcheck can test them:
+# the spec travels as ints and strings, the padded compute copies (``Packed``, built and cached by the
+# caller) as inputs beside the autograd inputs first/b0/wf/bf/mids. The forward returns the saved
+# activations (empty when nothing is saved) as a second output for the backward op.
+_FWD_SCHEMA = ("(Tensor x, Tensor freq, Tensor first, Tensor? b0, Tensor wf, Tensor bf, Tensor[] mids, "
+               "Tensor? p_first, Tensor? p_b0, Tensor p_wm, Tensor p_bm, Tensor p_wf, Tensor p_bf, "
+               "int enc_mode, int levels, str dot_precision, str path, bool save) -> (Tensor, Tensor)")
+_BWD_SCHEMA = ("(Tensor g, Tensor x, Tensor freq, Tensor acts, Tensor p_wm, Tensor p_wf, int enc_mode, int levels, "
+               "int in_features, int hidden, int table_rows, str dot_precision, str path) -> Tensor[]")
+_INTO_SCHEMA = ("(Tensor x, Tensor freq, Tensor first, Tensor wf, Tensor? p_first, Tensor? p_b0, Tensor p_wm, "
+                "Tensor p_bm, Tensor p_wf, Tensor p_bf, int nmid, int enc_mode, int levels, str dot_precision, "
+                "str path, Tensor(a!) out) -> ()")
+
+
+@torch.library.custom_op("nernfast::fused_mlp", mutates_args=(), schema=_FWD_SCHEMA)
+def _fused_mlp_op(x, freq, first, b0, wf, bf, mids, p_first, p_b0, p_wm, p_bm, p_wf, p_bf, enc_mode, levels,
+                  dot_precision, path, save):
+    spec = make_spec(enc_mode, levels, first, wf, len(mids) // 2, dot_precision, path)
+    pk = Packed(p_first, p_b0, p_wm, p_bm, p_wf, p_bf)
+    rows, acts = mlp_forward(x, pad_table(first, spec) if enc_mode == ENC_TABLE else pk.first, pk, freq, spec, save)
+    return rows, acts if acts is not None else rows.new_empty(0)
+
+
+@_fused_mlp_op.register_fake
+def _(x, freq, first, b0, wf, bf, mids, p_first, p_b0, p_wm, p_bm, p_wf, p_bf, enc_mode, levels, dot_precision,
+      path, save):
+    n = x.shape[0]
+    rows = wf.new_empty((n, wf.shape[0]))
+    acts = wf.new_empty((len(mids) // 2 + 1, n, p_wm.shape[-1]) if save else (0,))
+    return rows, acts
+
+
+@torch.library.custom_op("nernfast::fused_mlp_backward", mutates_args=(), schema=_BWD_SCHEMA)
+def _fused_mlp_backward_op(g, x, freq, acts, p_wm, p_wf, enc_mode, levels, in_features, hidden, table_rows,
+                           dot_precision, path):
+    spec = MLPSpec(enc_mode, levels, in_features, hidden, g.shape[1], acts.shape[0] - 1, p_wf.dtype, dot_precision, path)
+    d_first, d_b0, mids, d_wf, d_bf = mlp_backward(g, x, Packed(None, None, p_wm, None, p_wf, None), freq, acts, spec,
+                                                   table_rows)
+    d_b0 = d_b0 if d_b0 is not None else d_first.new_empty(0)
+    return [d_first, d_b0, d_wf, d_bf] + [t for wb in mids for t in wb]
+
+
+@_fused_mlp_backward_op.register_fake
+def _(g, x, freq, acts, p_wm, p_wf, enc_mode, levels, in_features, hidden, table_rows, dot_precision, path):
+    f32 = dict(dtype=torch.float32)
+    kk, table = g.shape[1], enc_mode == ENC_TABLE
+    out = [g.new_empty((table_rows, hidden) if table else (hidden, in_features), **f32),
+           g.new_empty((0,) if table else (hidden,), **f32), g.new_empty((kk, hidden), **f32), g.new_empty((kk,), **f32)]
+    for _ in range(acts.shape[0] - 1):
+        out += [g.new_empty((hidden, hidden), **f32), g.new_empty((hidden,), **f32)]
+    return out
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, freq, first, b0, wf, bf, mids, p_first, p_b0, p_wm, p_bm, p_wf, p_bf, enc_mode, levels, dot_prec, path, _ = inputs
+    ctx.save_for_backward(x, freq, output[1], p_wm, p_wf)
+    ctx.args = (enc_mode, levels, 0 if enc_mode == ENC_TABLE else first.shape[1], wf.shape[1], first.shape[0], dot_prec,
+                choose_path(wf.shape[1], path))
+    ctx.dtype = wf.dtype
+
+
+def _backward(ctx, g_rows, g_acts):
+    x, freq, acts, p_wm, p_wf = ctx.saved_tensors
+    d_first, d_b0, d_wf, d_bf, *d_mids = torch.ops.nernfast.fused_mlp_backward(g_rows, x, freq, acts, p_wm, p_wf,
+                                                                               *ctx.args)
+    table, dt = ctx.args[0] == ENC_TABLE, ctx.dtype
+    # The table stays fp32 (its own autograd carries it to W_0, b_0); the rest in the weights' dtype.
+    return (None, None, d_first if table else d_first.to(dt), None if table else d_b0.to(dt), d_wf.to(dt),
+            d_bf.to(dt), [t.to(dt) for t in d_mids], None, None, None, None, None, None, None, None, None, None, None)
+
+
+_fused_mlp_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("nernfast::fused_mlp_into", mutates_args=("out",), schema=_INTO_SCHEMA)
+def _fused_mlp_into_op(x, freq, first, wf, p_first, p_b0, p_wm, p_bm, p_wf, p_bf, nmid, enc_mode, levels,
+                       dot_precision, path, out) -> None:
+    spec = make_spec(enc_mode, levels, first, wf, nmid, dot_precision, path)
+    pk = Packed(p_first, p_b0, p_wm, p_bm, p_wf, p_bf)
+    mlp_forward(x, pad_table(first, spec) if enc_mode == ENC_TABLE else pk.first, pk, freq, spec, False, out)
+
+
+@_fused_mlp_into_op.register_fake
+def _(x, freq, first, wf, p_first, p_b0, p_wm, p_bm, p_wf, p_bf, nmid, enc_mode, levels, dot_precision, path, out):
+    return None
 
 
 def fused_mlp(x: torch.Tensor, first: torch.Tensor, b0: torch.Tensor | None,
@@ -432,7 +493,8 @@ def fused_mlp(x: torch.Tensor, first: torch.Tensor, b0: torch.Tensor | None,
     x: coords (n, 3) fp32 (``ENC_BASIC``/``ENC_FFN``) or table indices (n, 3) int32 (``ENC_TABLE``).
     first: W_0 (H, in) in the compute dtype, or the table (U, H) fp32 (bias folded in; b0 = None).
     mids: [(W_l (H, H), b_l (H,))] hidden layers; wf (KK, H), bf (KK,): the compute dtype is wf's.
-    freq: ``BasicEncoding.freqs`` (L,) or ``FFNEncoding.B`` (F, 3), fp32 (unused for tables).
+    freq: ``KernelEncoding.params`` of the encoding (nernfast.encoding): the basic encoding's
+        frequencies (L,) or the FFN's B (F, 3), fp32 (unused for tables); mode: ``ENC_MODES[kind]``.
     out: optional (n, KK) destination (e.g. a view of the flat conv-weight buffer); no-grad calls only.
     packed: ``pack_weights`` of these weights for this spec, if the caller caches it.
     Under the interpreter, bf16 runs through the fp32 path (see module doc).
@@ -455,9 +517,16 @@ def fused_mlp(x: torch.Tensor, first: torch.Tensor, b0: torch.Tensor | None,
             raise ValueError(f"out must be a contiguous ({x.shape[0]}, {spec.outputs}) tensor on {x.device}, got "
                              f"{tuple(out.shape)} on {out.device}{'' if out.is_contiguous() else ' (non-contiguous)'}")
     pk = packed if packed is not None else pack_weights(spec, first, b0, mids, wf, bf)
-    return FusedMLPFunction.apply(x.contiguous(), freq.contiguous(), spec, save, out, pk, first, b0, wf, bf,
-                                  *[t for wb in mids for t in wb])
+    x, freq = x.contiguous(), freq.contiguous()
+    if out is not None:
+        torch.ops.nernfast.fused_mlp_into(x, freq, first, wf, pk.first, pk.b0, pk.wm, pk.bm, pk.wf, pk.bf, spec.nmid,
+                                          mode, levels, dot_precision, spec.path, out)
+        return out
+    rows, _ = torch.ops.nernfast.fused_mlp(x, freq, first, b0, wf, bf, [t for wb in mids for t in wb], pk.first,
+                                           pk.b0, pk.wm, pk.bm, pk.wf, pk.bf, mode, levels, dot_precision, spec.path,
+                                           save)
+    return rows
 
 
-__all__ = ["ENC_BASIC", "ENC_FFN", "ENC_TABLE", "FUSED_MAX_HIDDEN", "FusedMLPFunction", "MLPSpec", "Packed",
+__all__ = ["ENC_BASIC", "ENC_FFN", "ENC_MODES", "ENC_TABLE", "FUSED_MAX_HIDDEN", "MLPSpec", "Packed",
            "fused_mlp", "make_spec", "mlp_backward", "mlp_forward", "pack_weights"]

@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from .plan import WeightPlan
-from .selection import PlanError
+from .errors import PlanError
 
 
 def _weights(model: nn.Module, plan: WeightPlan) -> list[torch.Tensor]:

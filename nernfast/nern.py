@@ -21,7 +21,7 @@ from .ops.predict import predict_rows
 from .ops.scatter import flat_views, rows_to_flat, write_rows_
 from .plan import WeightPlan, build_plan
 from .predictor import Predictor
-from .selection import PlanError
+from .errors import PlanError
 
 
 class NeRN(nn.Module):

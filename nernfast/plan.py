@@ -15,14 +15,15 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from .errors import PlanError
 from .permutation import PERMUTATIONS, compute_permutations
-from .selection import PlanError, select_layers
+from .selection import select_layers
 
 NORMALIZATIONS = ("local", "global", "none")
 
@@ -41,8 +42,28 @@ class LayerSpec:
         return self.rows * self.shape[2] * self.shape[3]
 
 
+class Layout(NamedTuple):
+    """A plan's int64 layout tensors on one device (the scatter ops' arguments)."""
+    row_offsets: torch.Tensor   # (L+1,)
+    buf_offsets: torch.Tensor   # (L+1,)
+    kernel_sizes: torch.Tensor  # (L,)
+    perm: torch.Tensor          # (N,) chain position -> destination row (index for rows in chain order)
+
+
+def _offsets(sizes) -> tuple[int, ...]:
+    out = [0]
+    for s in sizes:
+        out.append(out[-1] + s)
+    return tuple(out)
+
+
 class WeightPlan:
-    """Layout of the predicted weights. Immutable; serialisable with ``to_meta``/``from_meta``."""
+    """Layout of the predicted weights; serialisable with ``to_meta``/``from_meta``.
+
+    Immutable: everything is set in ``__init__`` (offsets included, as plain attributes that
+    torch.compile reads without tracing a cached_property's lock) or derived from it on first use;
+    ``layout(device)`` keeps the scatter ops' tensors per device, derived data the plan owns.
+    """
 
     def __init__(self, layers: Sequence[LayerSpec], kernel_size: int, normalization: str,
                  permutation: str, perm: torch.Tensor, selection: dict[str, Any] | None = None):
@@ -53,6 +74,9 @@ class WeightPlan:
         if permutation not in PERMUTATIONS:
             raise ValueError(f"unknown permutation {permutation!r}; choose one of {PERMUTATIONS}")
         self.layers = tuple(layers)
+        self.row_offsets = _offsets(l.rows for l in self.layers)   # (L+1,) first row of each layer
+        self.buf_offsets = _offsets(l.numel for l in self.layers)  # (L+1,) first element in the flat buffer
+        self._layouts: dict[torch.device, Layout] = {}
         self.kernel_size = kernel_size
         self.normalization = normalization
         self.permutation = permutation
@@ -76,27 +100,25 @@ class WeightPlan:
             raise PlanError("the permutation moves kernels between layers; it must permute within each layer")
 
     # ---- sizes and offsets -------------------------------------------------------------------
-    @cached_property
-    def row_offsets(self) -> list[int]:
-        out = [0]
-        for l in self.layers:
-            out.append(out[-1] + l.rows)
-        return out
-
-    @cached_property
-    def buf_offsets(self) -> list[int]:
-        out = [0]
-        for l in self.layers:
-            out.append(out[-1] + l.numel)
-        return out
-
     @property
     def num_rows(self) -> int:
-        return sum(l.rows for l in self.layers)
+        return self.row_offsets[-1]
 
     @property
     def numel(self) -> int:
-        return sum(l.numel for l in self.layers)
+        return self.buf_offsets[-1]
+
+    def layout(self, device: torch.device | str) -> Layout:
+        """The layout as int64 tensors on ``device`` (the scatter ops' arguments), built once per device."""
+        device = torch.device(device)
+        lay = self._layouts.get(device)
+        if lay is None:
+            lay = Layout(torch.tensor(self.row_offsets, dtype=torch.long, device=device),
+                         torch.tensor(self.buf_offsets, dtype=torch.long, device=device),
+                         torch.tensor([l.shape[2] for l in self.layers], dtype=torch.long, device=device),
+                         self.perm.to(device))
+            self._layouts[device] = lay
+        return lay
 
     @property
     def names(self) -> list[str]:

@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -148,11 +148,14 @@ def _lr_factor(step: int, steps_per_epoch: int, recipe: Recipe, epochs: int) -> 
 
 def train_classifier(model: nn.Module, bundle: DataBundle, recipe: Recipe, out: Optional[Path] = None,
                      meta: Optional[dict] = None, seed: int = 0, device: str | torch.device = "cpu",
-                     progress: bool = True, max_steps: Optional[int] = None, eval_batch_size: int = 512) -> dict:
+                     progress: bool = True, max_steps: Optional[int] = None, eval_batch_size: int = 512,
+                     loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None
+                     ) -> dict:
     """Train ``model`` on ``bundle`` with ``recipe``; returns metrics and leaves the best weights in
     ``model``. With ``out``, the best checkpoint (``meta`` + state_dict + metrics) is saved there
     atomically whenever it improves, and once more with the test figures at the end.
-    ``max_steps`` stops early (tests)."""
+    ``max_steps`` stops early (tests). ``loss_fn(logits, x, y)`` replaces the cross-entropy (e.g. a
+    KD loss against a teacher's logits for ``x``)."""
     from tqdm.auto import tqdm
 
     device = resolve_device(device)
@@ -188,7 +191,7 @@ def train_classifier(model: nn.Module, bundle: DataBundle, recipe: Recipe, out: 
                 break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

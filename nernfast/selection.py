@@ -14,11 +14,8 @@ from typing import Sequence
 import torch.nn as nn
 import torchvision
 
+from .errors import PlanError  # noqa: F401  (raised here; ``from nernfast.selection import PlanError`` still works)
 from .models.cifar_resnet import CifarResNet
-
-
-class PlanError(ValueError):
-    """A model, checkpoint or predictor that does not fit the weight plan; the message names the fix."""
 
 
 def _square(conv: nn.Conv2d) -> bool:

@@ -12,6 +12,16 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from nernfast.testing.seed import seed_report, session_seed  # noqa: E402
+
+
+def pytest_report_header(config):
+    try:
+        session_seed()
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    return seed_report()
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
@@ -24,7 +34,8 @@ def _private_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _seed():
-    """Every test starts from the same global RNG state (tests that draw a seed per run use their own)."""
+    """Every test starts from the same global RNG state (the kernel and dispatch tests reseed from
+    ``session_seed()``, which ``NERNFAST_TEST_SEED`` controls)."""
     torch.manual_seed(0)
 
 

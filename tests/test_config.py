@@ -11,7 +11,7 @@ from nernfast import train as train_cli
 from nernfast.config import (RECIPES, ConfigError, RunConfig, recipe_phases, recipe_yaml, resolve,
                              shipped_configs, to_dict)
 
-TWO_PHASE = {"decoupled", "teacher_decoupled", "noise_decoupled"}
+TWO_PHASE = {"decoupled", "teacher_decoupled", "noise_decoupled"}  # the expectation, stated independently
 DEFAULTS = yaml.safe_load((recipe_yaml("decoupled").parent / "defaults.yaml").read_text())
 
 

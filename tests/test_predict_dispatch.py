@@ -2,40 +2,38 @@
 
 CPU tensors take the PyTorch path (tables for the basic encoding), CUDA tensors the Triton kernels,
 ``NERNFAST_REFERENCE=1`` the reference. The table path is exact up to summation order, so fp32 is
-compared at 1e-5 relative to the output scale; the seed is drawn per run and replayable with
-``NERNFAST_TEST_SEED``.
+compared at 1e-5 relative to the output scale. Inputs from ``session_seed()`` (fixed by default,
+``NERNFAST_TEST_SEED=<seed>`` or ``=random`` to vary them).
 """
 from __future__ import annotations
-
-import os
-import random
 
 import pytest
 import torch
 import torch.nn as nn
 
-from nernfast.encoding import BasicEncoding, FFNEncoding
+from nernfast.encoding import BasicEncoding, FFNEncoding, PositionalEncoding
 from nernfast.models import build_model
 from nernfast.nern import NeRN
 from nernfast.ops import predict as P
 from nernfast.ops.predict import predict_rows, predict_rows_reference
 from nernfast.ops.tables import coordinate_index, first_layer_table
 from nernfast.predictor import Predictor
+from nernfast.testing.seed import session_seed
 
-SEED = int(os.environ.get("NERNFAST_TEST_SEED", random.SystemRandom().randrange(2**31)))
+SEED = session_seed()
 
 
 @pytest.fixture(autouse=True)
-def _seed(request):
-    print(f"NERNFAST_TEST_SEED={SEED} ({request.node.name})")
+def _seed():
     torch.manual_seed(SEED)
 
 
-@pytest.fixture(scope="module")
-def nern():
+@pytest.fixture(scope="module", params=["none", "local"], ids=["int-coords", "local-coords"])
+def nern(request):
     torch.manual_seed(SEED)
-    # ResNet-20 with the defaults that matter here: 'local' normalisation, in-filter permutation.
-    return NeRN.from_model(build_model("resnet20"), hidden=24, num_blocks=4)
+    # ResNet-20, in-filter permutation; normalisation 'none' (the default: raw integer layer/filter/
+    # channel indices) and 'local' (index / count, per layer).
+    return NeRN.from_model(build_model("resnet20"), hidden=24, num_blocks=4, normalization=request.param)
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rel: float, what: str = "") -> None:
@@ -52,7 +50,7 @@ def test_coordinate_index_is_exact_and_cached(nern):
     for c, v in enumerate(index.values):
         assert torch.equal(v[index.idx[:, c] - offset], coords[:, c]), f"coordinate {c} not reproduced"
         offset += v.numel()
-    # 'local' normalisation: distinct values per coordinate, far fewer than rows.
+    # Few distinct values per coordinate (either normalisation), far fewer than rows.
     assert index.sizes[0] == len(nern.plan.layers) and index.num_entries < 200 < nern.plan.num_rows
     other = coords.clone()
     assert coordinate_index(other) is not index
@@ -93,6 +91,21 @@ def test_cpu_takes_torch_path_with_tables(nern, monkeypatch):
     want = torch.autograd.grad(predict_rows_reference(nern.predictor, nern.encoding, coords), params, g)
     for (name, _), a, b in zip(nern.predictor.named_parameters(), ours, want):
         close(a, b, 1e-5, f"grad {name}")
+
+
+@pytest.mark.parametrize("first_layer", ["table", "direct"])
+def test_triton_backend_on_plan_coordinates(nern, first_layer):
+    """The kernels through the dispatcher on a plan's own coordinates (a row subset: the interpreter
+    is slow), forward and every parameter gradient, against the reference."""
+    coords = nern.coords[torch.randperm(nern.plan.num_rows)[:40]]
+    params = list(nern.predictor.parameters())
+    g = torch.randn(40, 9)
+    ours = predict_rows(nern.predictor, nern.encoding, coords, backend="triton", first_layer=first_layer)
+    ref = predict_rows_reference(nern.predictor, nern.encoding, coords)
+    close(ours, ref, 1e-5, f"triton {first_layer} rows")
+    for (name, _), a, b in zip(nern.predictor.named_parameters(), torch.autograd.grad(ours, params, g),
+                               torch.autograd.grad(ref, params, g)):
+        close(a, b, 1e-5, f"triton {first_layer} grad {name}")
 
 
 def test_backend_choice(monkeypatch):
@@ -179,3 +192,44 @@ def test_low_precision_cpu(nern, mode):
     e_ref = (ref.double() - truth).abs().max().item()
     e_ours = (ours.double() - truth).abs().max().item()
     assert e_ours <= 2 * e_ref + 2**-8 * truth.abs().max().item(), (e_ours, e_ref, SEED)
+
+
+class _Octaves(PositionalEncoding):
+    """An encoding the ops have never heard of: per-coordinate blocks (sin/cos at powers of 2), no
+    Triton form. It must reach the table shortcut (CPU and Triton) through the interface alone."""
+    coordinate_blocks = True
+
+    def __init__(self, levels: int = 5):
+        super().__init__()
+        self.register_buffer("freqs", 2.0 ** torch.arange(levels, dtype=torch.float32), persistent=False)
+
+    @property
+    def out_features(self) -> int:
+        return 6 * self.freqs.numel()
+
+    def encode_coordinate(self, values: torch.Tensor) -> torch.Tensor:
+        x = values.float()[:, None] * self.freqs
+        return torch.cat((torch.sin(x), torch.cos(x)), 1)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.encode_coordinate(coords[:, c]) for c in range(3)], 1)
+
+
+def test_a_new_encoding_needs_only_the_interface(monkeypatch):
+    enc = _Octaves()
+    pred = Predictor(enc.out_features, 16, 3, 3)
+    coords = torch.randint(0, 9, (30, 3)).float()
+    params = list(pred.parameters())
+    g = torch.randn(30, 9)
+    ref = predict_rows_reference(pred, enc, coords)
+    ref_g = torch.autograd.grad(ref, params, g)
+    calls = []
+    real_table = P.first_layer_table
+    monkeypatch.setattr(P, "first_layer_table", lambda *a, **k: calls.append(1) or real_table(*a, **k))
+    for backend, first in (("torch", "auto"), ("triton", "table"), ("triton", "direct")):
+        calls.clear()
+        ours = predict_rows(pred, enc, coords, backend=backend, first_layer=first)
+        close(ours, ref, 1e-5, f"{backend}/{first} rows")
+        for a, b in zip(torch.autograd.grad(ours, params, g), ref_g):
+            close(a, b, 1e-5, f"{backend}/{first} grad")
+        assert bool(calls) == (first != "direct"), (backend, first, "tables used" if calls else "no tables")

@@ -1,6 +1,7 @@
 """The report: grid layout, scaled configs, and rendering from a small fake raw JSON (deterministic)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -104,3 +105,32 @@ def test_settings_mismatch_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("scale", sorted(report.SCALES))
 def test_scales_are_documented(scale):
     assert scale in report.__doc__
+
+
+def test_kd_student_trains_through_train_classifier(tmp_path, monkeypatch):
+    """The KD student is pretrain.train_classifier with a KD loss hook, on the recipe of
+    (dataset, model), on --device; a stand-in teacher (random weights) keeps it fast."""
+    import nernfast.checkpoints as ck
+    import nernfast.losses as losses
+    import nernfast.pretrain as pt
+    from nernfast.data import get_dataset
+    from nernfast.report.kd_student import train_kd_student
+    monkeypatch.setattr(pt, "ensure_pretrained", lambda *a, **k: tmp_path / "teacher.pt")
+    monkeypatch.setattr(ck, "load_model_checkpoint", lambda path, model: model)
+    calls, real_kd, real_train = [], losses.kd_loss, pt.train_classifier
+    monkeypatch.setattr(losses, "kd_loss", lambda *a, **k: calls.append(a[2]) or real_kd(*a, **k))
+    seen = {}
+
+    def train(model, bundle, recipe, **k):
+        seen.update(recipe=recipe, device=str(k["device"]))
+        return real_train(model, bundle, recipe, max_steps=3, **k)
+    monkeypatch.setattr(pt, "train_classifier", train)
+    env = report.Env("digits", "resnet20", None, None, "smoke", 0.02, 0.01, str(tmp_path / "raw"),
+                     str(tmp_path / "work"), "cpu", 1, False)
+    bundle = get_dataset("digits", None, seed=0)
+    rec = train_kd_student(report.Job("kdstudent-s0", "kdstudent", 3, "kdstudent", seed=0), env, bundle)
+    assert calls and set(calls) == {"kl"}, "every step's loss is the KD loss"
+    assert seen["recipe"] == dataclasses.replace(pt.recipe_for("digits", "resnet20"), epochs=1)
+    assert seen["device"] == "cpu"
+    assert rec["epochs"] == 1 and rec["steps"] == 3 and rec["teacher"] == pt.DEFAULT_TEACHER["digits"]
+    assert 0 <= rec["eval"]["accuracy"] <= 1 and len(rec["eval"]["correct"]) == rec["eval"]["num_examples"]

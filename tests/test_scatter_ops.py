@@ -317,9 +317,12 @@ def test_dispatch_uses_the_op_and_honours_force_reference(monkeypatch):
 @needs_ext
 def test_layout_tensors_are_cached_per_plan_and_device():
     plan = make_plan(3, [3, 1], seed=11)
+    attrs = set(vars(plan))
     a, b = layout_tensors(plan, "cpu"), layout_tensors(plan, torch.device("cpu"))
-    assert all(x is y for x, y in zip(a, b))
-    assert a.row_offsets.tolist() == plan.row_offsets and a.buf_offsets.tolist() == plan.buf_offsets
+    rows_to_flat(torch.randn(plan.num_rows, 9), plan)
+    assert all(x is y for x, y in zip(a, b)) and a is plan.layout("cpu")
+    assert set(vars(plan)) == attrs, "the ops must not add attributes to the (immutable) plan"
+    assert tuple(a.row_offsets.tolist()) == plan.row_offsets and tuple(a.buf_offsets.tolist()) == plan.buf_offsets
 
 
 def test_rows_of_the_wrong_shape_name_the_plan():

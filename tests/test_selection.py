@@ -106,3 +106,9 @@ def test_include_refuses_non_square():
 def test_no_predictable_convs_is_a_clear_error(model, kw):
     with pytest.raises(PlanError, match=r"no convolution layers to predict.*include="):
         select_layers(model, **kw)
+
+
+def test_plan_error_lives_in_errors_and_is_importable_from_selection():
+    import nernfast
+    from nernfast import errors
+    assert PlanError is errors.PlanError is nernfast.PlanError and issubclass(PlanError, ValueError)

@@ -3,33 +3,24 @@
 On a machine without a GPU the kernels run under ``TRITON_INTERPRET=1`` (set by tests/conftest.py
 before any kernel is defined) on tiny shapes; with a GPU the same tests run compiled on CUDA.
 
-Fresh random inputs every run: the seed is drawn per run, printed, and replayed with
-``NERNFAST_TEST_SEED=<seed>``.
+Random inputs from ``session_seed()`` (nernfast.testing.seed): a fixed seed by default,
+``NERNFAST_TEST_SEED=<seed>`` to replay one, ``NERNFAST_TEST_SEED=random`` for a fresh one.
 
-Tolerances are bounded by the reference's own error: with ``truth`` the float64 result for the same
-(low-precision) parameters, inputs and upstream gradient, each check requires
-    err(kernel) <= 2 * err(reference in the same dtype) + floor(dtype) * scale,
-errors as max |x - truth| and scale = max |truth| (per output, per parameter gradient). The kernels
-accumulate in fp32 like the reference's matmuls but sum in another order (and the table path sums
-three tables instead of one 240-term product), hence the factor 2; the floor covers a reference
-that is exact by luck on a tiny shape: fp32 1e-5 (~2^-17, far below any useful regression), fp16
-2^-10 and bf16 2^-7 (one unit in the last place of the dtype). The interpreter cannot do bf16
-arithmetic, so there bf16 inputs take the fp32 compute path (result rounded to bf16); it is then
-*more* accurate than the bf16 reference, and only a GPU run proves the native bf16 path.
+The cases, their inputs, the reference, the float64 truth and the bound
+(err(kernel) <= 2 * err(reference) + floor * scale, the reference doing the kernel's arithmetic)
+live in nernfast.testing.kernel_harness, shared with benchmarks/gpu_check.py; its doc says why.
 """
 from __future__ import annotations
-
-import copy
-import os
-import random
-from dataclasses import dataclass
 
 import pytest
 import torch
 
-from nernfast.encoding import BasicEncoding, FFNEncoding
+from nernfast.encoding import BasicEncoding
 from nernfast.ops.predict import predict_rows, predict_rows_reference
 from nernfast.predictor import Predictor
+from nernfast.testing import kernel_harness as H
+from nernfast.testing.kernel_harness import Case
+from nernfast.testing.seed import session_seed
 
 fm = pytest.importorskip("nernfast.kernels.fused_mlp")
 
@@ -39,103 +30,53 @@ if DEVICE == "cpu" and not INTERPRETED:  # pragma: no cover - a setup error, not
     raise RuntimeError("no GPU and the kernels are not interpreted: TRITON_INTERPRET=1 must be set before "
                        "nernfast.kernels is imported (tests/conftest.py does this)")
 
-SEED = int(os.environ.get("NERNFAST_TEST_SEED", random.SystemRandom().randrange(2**31)))
-FLOOR = {torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+SEED = session_seed()
 
 
 @pytest.fixture(autouse=True)
-def _seed(request):
-    print(f"NERNFAST_TEST_SEED={SEED} ({request.node.name})")
+def _seed():
     torch.manual_seed(SEED)
 
 
-@dataclass(frozen=True)
-class Case:
-    enc: str        # basic | ffn
-    first: str      # direct | table
-    path: str       # fused | layered
-    dtype: torch.dtype
-    blocks: int
-    hidden: int
-    k: int
-    n: int
-
-    def __str__(self) -> str:
-        return (f"{self.enc}-{self.first}-{self.path}-{str(self.dtype)[6:]}-nb{self.blocks}-H{self.hidden}"
-                f"-K{self.k}-n{self.n}")
-
-
 CASES = [
-    Case("basic", "direct", "fused", torch.float32, 3, 48, 3, 37),
-    Case("basic", "table", "fused", torch.float32, 4, 64, 3, 37),
-    Case("basic", "table", "layered", torch.float32, 5, 48, 5, 67),   # 67 rows: split-K weight gradients
-    Case("basic", "direct", "layered", torch.float16, 3, 64, 3, 37),
-    Case("basic", "table", "fused", torch.float16, 5, 32, 7, 19),
-    Case("ffn", "direct", "fused", torch.float32, 4, 32, 1, 37),
-    Case("ffn", "direct", "layered", torch.float16, 3, 48, 3, 37),
-    Case("ffn", "direct", "fused", torch.float16, 8, 32, 3, 21),
-    Case("basic", "table", "fused", torch.bfloat16, 3, 48, 3, 37),
-    Case("basic", "direct", "layered", torch.bfloat16, 4, 32, 5, 37),
-    Case("basic", "direct", "fused", torch.float32, 8, 32, 3, 1),
+    Case("basic", "direct", "fused", "fp32", 3, 48, 3, 37),
+    Case("basic", "table", "fused", "fp32", 4, 64, 3, 37),
+    Case("basic", "table", "layered", "fp32", 5, 48, 5, 67),   # 67 rows: split-K weight gradients
+    Case("basic", "direct", "layered", "fp16", 3, 64, 3, 37),
+    Case("basic", "table", "fused", "fp16", 5, 32, 7, 19),
+    Case("ffn", "direct", "fused", "fp32", 4, 32, 1, 37),
+    Case("ffn", "direct", "layered", "fp16", 3, 48, 3, 37),
+    Case("ffn", "direct", "fused", "fp16", 8, 32, 3, 21),
+    Case("basic", "table", "fused", "bf16", 3, 48, 3, 37),
+    Case("basic", "direct", "layered", "bf16", 4, 32, 5, 37),
+    Case("basic", "direct", "fused", "fp32", 8, 32, 3, 1),
+    # Raw integer coordinates. First the defaults (basic encoding L=40, H140, 5 blocks, K3, what
+    # first_layer/path "auto" pick on CUDA: tables, fused), in fp32 and bf16.
+    Case("basic", "table", "fused", "fp32", 5, 140, 3, 19, "int"),
+    Case("basic", "table", "fused", "bf16", 5, 140, 3, 19, "int"),
+    Case("basic", "direct", "layered", "fp16", 4, 48, 3, 37, "int"),
+    Case("basic", "direct", "fused", "bf16", 3, 32, 5, 37, "int"),
+    Case("ffn", "direct", "fused", "fp32", 3, 32, 3, 37, "int"),
 ]
 
 
 def make(case: Case):
-    enc = BasicEncoding() if case.enc == "basic" else FFNEncoding(24, seed=SEED % 1000)
-    pred = Predictor(enc.out_features, case.hidden, case.k, case.blocks)
-    with torch.no_grad():  # biases away from zero so the bias paths matter
-        for lin in pred.linears():
-            lin.bias.uniform_(-0.5, 0.5)
-    # Coordinates as a plan makes them: integer / count, few distinct values per coordinate.
-    n = case.n
-    coords = torch.stack([torch.randint(0, 5, (n,)) / 5, torch.randint(0, 16, (n,)) / 16,
-                          torch.randint(0, 12, (n,)) / 12], 1).float()
-    return enc.to(DEVICE), pred.to(DEVICE, case.dtype), coords.to(DEVICE)
-
-
-def max_err(a: torch.Tensor, truth: torch.Tensor) -> float:
-    return (a.double() - truth).abs().max().item()
-
-
-def check(name: str, ours: torch.Tensor, ref: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype) -> None:
-    assert ours.shape == truth.shape and ours.dtype == ref.dtype, (name, ours.shape, ours.dtype, ref.dtype)
-    assert torch.isfinite(ours).all(), f"{name}: non-finite values (seed {SEED})"
-    scale = truth.abs().max().item()
-    e_ours, e_ref = max_err(ours, truth), max_err(ref, truth)
-    tol = 2 * e_ref + FLOOR[dtype] * scale
-    if e_ours > tol:
-        d = (ours.double() - truth).abs()
-        i = tuple(int(j) for j in (d == d.max()).nonzero()[0])
-        raise AssertionError(f"{name}: error {e_ours:.3g} > tol {tol:.3g} (reference error {e_ref:.3g}, scale "
-                             f"{scale:.3g}); worst at {i}: ours {ours[i].item():.6g}, reference {ref[i].item():.6g}, "
-                             f"float64 {truth[i].item():.6g} (replay with NERNFAST_TEST_SEED={SEED})")
-
-
-def run_all(pred, enc, coords, g, fn):
-    out = fn(pred, enc, coords)
-    grads = torch.autograd.grad(out, list(pred.parameters()), g.to(out.dtype))
-    return out.detach(), grads
+    return H.make(case, SEED, DEVICE)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_forward_backward_matches_reference(case: Case):
-    enc, pred, coords = make(case)
-    g = torch.randn(case.n, case.k ** 2, device=DEVICE).to(case.dtype)
-    names = [n for n, _ in pred.named_parameters()]
+    H.check_case(case, SEED, DEVICE)
 
-    p64 = copy.deepcopy(pred).double()
-    x64 = enc(coords).double()  # the encoding is defined in fp32
-    truth = p64(x64)
-    truth_g = torch.autograd.grad(truth, list(p64.parameters()), g.double())
 
-    ref, ref_g = run_all(pred, enc, coords, g, predict_rows_reference)
-    ours, ours_g = run_all(pred, enc, coords, g, lambda p, e, c: predict_rows(
-        p, e, c, backend="triton", first_layer=case.first, path=case.path))
-
-    check(f"{case} forward", ours, ref, truth.detach(), case.dtype)
-    for name, a, b, t in zip(names, ours_g, ref_g, truth_g):
-        assert a.dtype == case.dtype, (name, a.dtype)
-        check(f"{case} grad {name}", a, b, t, case.dtype)
+@pytest.mark.parametrize("case", [CASES[8], CASES[4]], ids=str)
+@pytest.mark.parametrize("bug", sorted(H.BUGS))
+def test_check_catches_a_broken_kernel(case: Case, bug: str, monkeypatch):
+    """The bound is not vacuous: a dropped bias, a ReLU mask taken from the wrong row, or a final
+    bias gradient 4 % off fails it, in bf16 (the loosest floor) as in fp16."""
+    H.BUGS[bug](monkeypatch)
+    with pytest.raises(AssertionError, match="error .* > tol"):
+        H.check_case(case, SEED, DEVICE)
 
 
 def _layer_outputs(pred: Predictor, x: torch.Tensor) -> list[torch.Tensor]:
@@ -150,7 +91,7 @@ def _layer_outputs(pred: Predictor, x: torch.Tensor) -> list[torch.Tensor]:
 def test_every_output_and_saved_activation_is_written(path: str, first: str):
     """Poisoned buffers: out and the saved activations start as NaN; every element the backward reads
     (each activation's first H columns, rounded up to 16, the padding being zero) must be written."""
-    case = Case("basic", first, path, torch.float32, 5, 40, 3, 37)
+    case = Case("basic", first, path, "fp32", 5, 40, 3, 37)
     enc, pred, coords = make(case)
     lins = pred.linears()
     mids = [(l.weight.detach(), l.bias.detach()) for l in lins[1:-1]]
@@ -184,7 +125,7 @@ def test_every_output_and_saved_activation_is_written(path: str, first: str):
 
 
 def test_out_buffer_and_empty_input():
-    case = Case("ffn", "direct", "fused", torch.float32, 3, 32, 3, 37)
+    case = Case("ffn", "direct", "fused", "fp32", 3, 32, 3, 37)
     enc, pred, coords = make(case)
     flat = torch.full((case.n * 9 + 5,), float("nan"), device=DEVICE)  # e.g. a slice of a larger buffer
     with torch.no_grad():
@@ -210,3 +151,68 @@ def test_path_switch_and_limits():
     pred = Predictor(enc.out_features, 16, 9, 3).to(DEVICE)  # K*K = 81 > 64
     with pytest.raises(ValueError, match="K\\*K"):
         predict_rows(pred, enc, torch.zeros(3, 3, device=DEVICE), backend="triton")
+
+
+# ---- the custom ops: schema, fake kernels, autograd registration, torch.compile -----------------------
+def _op_args(first: str, save: bool = True):
+    """Arguments of torch.ops.nernfast.fused_mlp for a small fp32 case, as predict_rows builds them."""
+    enc, pred, coords = make(Case("basic", first, "fused", "fp32", 3, 32, 3, 21, "int"))
+    lins = pred.linears()
+    mids = [(l.weight, l.bias) for l in lins[1:-1]]
+    wf, bf = lins[-1].weight, lins[-1].bias
+    if first == "table":
+        from nernfast.ops.tables import coordinate_index, first_layer_table
+        index = coordinate_index(coords)
+        x, w0, b0, mode, levels = index.idx32, first_layer_table(enc, lins[0].weight, lins[0].bias, index), None, \
+            fm.ENC_TABLE, 1
+        freq = w0.detach()
+    else:
+        ke = enc.kernel_encoding()
+        x, w0, b0, mode, levels, freq = coords, lins[0].weight, lins[0].bias, fm.ENC_MODES[ke.kind], ke.size, ke.params
+    spec = fm.make_spec(mode, levels, w0, wf, len(mids), "ieee", "fused")
+    pk = fm.pack_weights(spec, w0, b0, mids, wf, bf)
+    return (x, freq, w0, b0, wf, bf, [t for wb in mids for t in wb], pk.first, pk.b0, pk.wm, pk.bm, pk.wf, pk.bf,
+            mode, levels, "ieee", "fused", save), spec
+
+
+@pytest.mark.parametrize("first", ["direct", "table"])
+def test_opcheck_schema_fake_and_autograd_registrations(first: str):
+    args, spec = _op_args(first)
+    torch.library.opcheck(torch.ops.nernfast.fused_mlp.default, args)
+    rows, acts = torch.ops.nernfast.fused_mlp(*args)
+    x, freq, w0, wf, pk = args[0], args[1], args[2], args[4], args[7:13]
+    g = torch.randn_like(rows)
+    torch.library.opcheck(torch.ops.nernfast.fused_mlp_backward.default,
+                          (g, x, freq, acts.detach(), pk[2], pk[4], spec.mode, spec.levels, spec.in_features,
+                           spec.hidden, w0.shape[0], "ieee", "fused"))
+    out = torch.full_like(rows, float("nan")).detach()
+    torch.library.opcheck(torch.ops.nernfast.fused_mlp_into.default,
+                          (x, freq, w0.detach(), wf.detach(), *[t if t is None else t.detach() for t in pk], spec.nmid,
+                           spec.mode, spec.levels, "ieee", "fused", out))
+
+
+def test_torch_compile_fullgraph_traces_the_op():
+    """predict_rows on the Triton backend, forward and backward, compiled with fullgraph=True (no graph
+    break); the graphs hold the custom ops (AOTAutograd with the fake kernels; the graphs then run
+    eagerly). The table first layer is not traced: its coordinate index is a data-dependent cache."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    enc, pred, coords = make(Case("basic", "direct", "fused", "fp32", 3, 32, 3, 21, "int"))
+    traced: list[str] = []
+
+    def keep_graph(gm, _inputs):
+        traced.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return make_boxed_func(gm)
+
+    def step(c):
+        return predict_rows(pred, enc, c, backend="triton", first_layer="direct").square().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend=aot_autograd(fw_compiler=keep_graph, bw_compiler=keep_graph))
+    params = list(pred.parameters())
+    ours = torch.autograd.grad(compiled(coords), params)
+    ref = torch.autograd.grad(predict_rows_reference(pred, enc, coords).square().sum(), params)
+    for (name, _), a, b in zip(pred.named_parameters(), ours, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    assert "nernfast.fused_mlp.default" in traced and "nernfast.fused_mlp_backward.default" in traced, traced

@@ -6,10 +6,14 @@ path). ``predict_rows`` is the dispatching entry point used everywhere else:
 * ``NERNFAST_REFERENCE=1`` -> the reference.
 * CUDA tensors -> the Triton kernels of ``nernfast.kernels.fused_mlp`` (fused single-pass MLP for
   H <= 512, per-layer GEMMs above; first layer from tables for the basic encoding).
-* everything else (CPU, an unsupported module) -> the PyTorch path: for the basic encoding the
-  first layer may come from per-coordinate tables (``nernfast.ops.tables``) through one
-  ``embedding_bag``, which removes the 6L-wide matmul and all sin/cos work per row; where this does
-  not pay (see ``TABLE_ON_CPU``), the plain composition.
+* everything else (CPU, an encoding without a kernel form) -> the PyTorch path: for encodings with
+  per-coordinate blocks (the basic one) the first layer may come from per-coordinate tables
+  (``nernfast.ops.tables``) through one ``embedding_bag``, which removes the 6L-wide matmul and all
+  sin/cos work per row; where this does not pay (see ``TABLE_ON_CPU``), the plain composition.
+
+What the paths need from the encoding is the ``nernfast.encoding.PositionalEncoding`` interface
+(``coordinate_blocks``, ``encode_coordinate``, ``kernel_encoding``); any other module takes the
+reference.
 
 Compute dtype: the autocast dtype when autocast is on for the device, else the predictor's weight
 dtype; the encoding itself is always computed in fp32 and cast to the compute dtype. Outputs come
@@ -23,9 +27,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..encoding import PositionalEncoding
 from ..predictor import Predictor
 from . import force_reference
-from .tables import coordinate_index, first_layer_table, uses_basic_blocks
+from .tables import coordinate_index, first_layer_table, has_coordinate_blocks
 
 # Whether the CPU path uses the first-layer tables, per compute dtype. Measured on the 2-core CI
 # machine, ResNet-56 / H320 whole-network forward (`benchmarks/gpu_check.py OUT --cpu-tables 7`,
@@ -59,34 +64,28 @@ def predict_rows_reference(predictor: Predictor, encoding: nn.Module, coords: to
     return torch.cat([run(c) for c in coords.split(chunk)])
 
 
-def _encoding_kind(encoding: nn.Module) -> str | None:
-    from ..encoding import BasicEncoding, FFNEncoding
-    if isinstance(encoding, BasicEncoding):
-        return "basic"
-    if isinstance(encoding, FFNEncoding):
-        return "ffn"
-    return None
-
-
 def _supported(predictor: nn.Module, encoding: nn.Module) -> bool:
-    return isinstance(predictor, Predictor) and _encoding_kind(encoding) is not None and \
+    """The fast paths need a ``Predictor`` with biases and an encoding with the ``PositionalEncoding``
+    interface; anything else takes the reference."""
+    return isinstance(predictor, Predictor) and isinstance(encoding, PositionalEncoding) and \
         all(lin.bias is not None for lin in predictor.linears())
 
 
 def _use_table(first_layer: str, encoding: nn.Module, device_type: str, dtype: torch.dtype) -> bool:
     if first_layer not in FIRST_LAYER_MODES:
         raise ValueError(f"unknown first_layer {first_layer!r}; choose one of {FIRST_LAYER_MODES}")
-    basic = uses_basic_blocks(encoding)
-    if first_layer == "table" and not basic:
-        raise ValueError(f"the table shortcut needs the basic encoding, got {type(encoding).__name__}")
+    blocks = has_coordinate_blocks(encoding)
+    if first_layer == "table" and not blocks:
+        raise ValueError(f"the table shortcut needs an encoding with per-coordinate blocks (the basic encoding), "
+                         f"got {type(encoding).__name__}")
     if first_layer != "auto":
         return first_layer == "table"
-    if not basic:
+    if not blocks:
         return False
     return TABLE_ON_CUDA if device_type == "cuda" else TABLE_ON_CPU.get(dtype, False)
 
 
-def _predict_torch(predictor: Predictor, encoding: nn.Module, coords: torch.Tensor, chunk: int | None,
+def _predict_torch(predictor: Predictor, encoding: PositionalEncoding, coords: torch.Tensor, chunk: int | None,
                    use_table: bool) -> torch.Tensor:
     if not use_table:
         return predict_rows_reference(predictor, encoding, coords, chunk)
@@ -106,9 +105,14 @@ def _predict_torch(predictor: Predictor, encoding: nn.Module, coords: torch.Tens
     return torch.cat([run(i) for i in index.idx.split(chunk)])
 
 
+@torch.compiler.assume_constant_result  # read at trace time (dynamo cannot trace it)
+def _fp32_matmul_precision() -> str:
+    return torch.get_float32_matmul_precision()
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     # fp32 kernels use tf32 tensor cores exactly when PyTorch's own fp32 matmuls may.
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+    if dtype == torch.float32 and _fp32_matmul_precision() != "highest":
         return "tf32"
     return "ieee"
 
@@ -118,7 +122,11 @@ _PACKS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionar
 
 def _packed(fm, predictor: Predictor, spec, weights: list) -> object:
     """The padded compute copies of the predictor's weights, rebuilt only when a parameter changes
-    (in-place updates bump ``_version``) or the dtype/width/path differ."""
+    (in-place updates bump ``_version``) or the dtype/width/path differ. Under torch.compile they are
+    built in the graph (the cache key reads data pointers, which cannot be traced)."""
+    if torch.compiler.is_compiling():
+        first, b0, mids, wf, bf = weights
+        return fm.pack_weights(spec, first, b0, mids, wf, bf)
     key = (spec, tuple((p.data_ptr(), p._version) for p in predictor.parameters()))
     hit = _PACKS.get(predictor)
     if hit is not None and hit[0] == key:
@@ -129,9 +137,9 @@ def _packed(fm, predictor: Predictor, spec, weights: list) -> object:
     return pk
 
 
-def _predict_triton(predictor: Predictor, encoding: nn.Module, coords: torch.Tensor, use_table: bool,
+def _predict_triton(predictor: Predictor, encoding: PositionalEncoding, coords: torch.Tensor, use_table: bool,
                     out: torch.Tensor | None, path: str) -> torch.Tensor:
-    from ..kernels import fused_mlp as fm  # lazy: importing nernfast never needs triton
+    fm = _kernels()
     dev = coords.device.type
     dtype = compute_dtype(predictor, dev)
     lins = predictor.linears()
@@ -146,16 +154,27 @@ def _predict_triton(predictor: Predictor, encoding: nn.Module, coords: torch.Ten
             freq = first  # unused
         else:
             x, first, b0 = coords.float(), cast(lins[0].weight), cast(lins[0].bias)
-            if _encoding_kind(encoding) == "basic":
-                mode, levels, freq = fm.ENC_BASIC, encoding.levels, encoding.freqs.float()
-            else:
-                mode, levels, freq = fm.ENC_FFN, encoding.num_features, encoding.B.float()
+            ke = encoding.kernel_encoding()
+            mode, levels, freq = fm.ENC_MODES[ke.kind], ke.size, ke.params
         packed = None
         if not (fm.INTERPRET and dtype == torch.bfloat16):  # (the interpreter's bf16 detour repacks in fp32)
             spec = fm.make_spec(mode, levels, first, wf, len(mids), _dot_precision(dtype), path)
             packed = _packed(fm, predictor, spec, [first, b0, mids, wf, bf])
         return fm.fused_mlp(x, first, b0, mids, wf, bf, freq, mode=mode, levels=levels,
                             dot_precision=_dot_precision(dtype), path=path, out=out, packed=packed)
+
+
+def _kernels():
+    """nernfast.kernels.fused_mlp, imported lazily (importing nernfast never needs triton)."""
+    try:
+        from ..kernels import fused_mlp
+    except ModuleNotFoundError as e:
+        if e.name not in ("nernfast.kernels", "nernfast.kernels.fused_mlp"):
+            raise
+        raise ImportError("nernfast.kernels (the Triton kernels: the repository's top-level kernels/ folder) is "
+                          "missing: install the package (pip install -e .) or run from a checkout with kernels/ "
+                          "beside nernfast/") from None
+    return fused_mlp
 
 
 def triton_available() -> bool:
@@ -193,7 +212,7 @@ def predict_rows(predictor: Predictor, encoding: nn.Module, coords: torch.Tensor
     dev = coords.device.type
     backend = choose_backend(dev, backend)
     use_table = _use_table(first_layer, encoding, dev, compute_dtype(predictor, dev))
-    if backend == "triton":
+    if backend == "triton" and (use_table or encoding.kernel_encoding() is not None):
         return _predict_triton(predictor, encoding, coords, use_table, out, path)
     rows = _predict_torch(predictor, encoding, coords, chunk, use_table)
     return rows if out is None else out.copy_(rows)

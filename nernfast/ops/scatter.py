@@ -15,42 +15,16 @@ need no op at all: the rows *are* the flat buffer (zero-copy view).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from .. import _ext
-from ..plan import WeightPlan
+from ..plan import Layout, WeightPlan
 from . import force_reference
 
 
-class Layout(NamedTuple):
-    """A plan's int64 layout tensors on one device (the ops' arguments)."""
-    row_offsets: torch.Tensor   # (L+1,)
-    buf_offsets: torch.Tensor   # (L+1,)
-    kernel_sizes: torch.Tensor  # (L,)
-    perm: torch.Tensor          # (N,) chain position -> destination row (index for rows in chain order)
-
-
 def layout_tensors(plan: WeightPlan, device: torch.device | str) -> Layout:
-    """The plan's layout tensors on ``device``, built once per plan and device (cached on the plan
-    object, so they live as long as the plan; a plain attribute lookup that torch.compile traces)."""
-    device = torch.device(device)
-    per_plan = plan.__dict__.setdefault("_nernfast_layouts", {})
-    lay = per_plan.get(device)
-    if lay is None:
-        # Offsets recomputed from plan.layers, not plan.row_offsets: a first cached_property access takes
-        # a lock (Python 3.11) that torch.compile cannot trace.
-        rows, elems = [0], [0]
-        for l in plan.layers:
-            rows.append(rows[-1] + l.rows)
-            elems.append(elems[-1] + l.numel)
-        lay = Layout(torch.tensor(rows, dtype=torch.long, device=device),
-                     torch.tensor(elems, dtype=torch.long, device=device),
-                     torch.tensor([l.shape[2] for l in plan.layers], dtype=torch.long, device=device),
-                     plan.perm.to(device))
-        per_plan[device] = lay
-    return lay
+    """The plan's layout tensors on ``device`` (``WeightPlan.layout``: built once per plan and device)."""
+    return plan.layout(device)
 
 
 def chain_index(plan: WeightPlan, device: torch.device | str) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """First-layer tables: the basic encoding's first predictor layer as three table look-ups.
 
-The basic encoding of a row is the concatenation of three per-coordinate blocks
-enc(p) = [e(p_0), e(p_1), e(p_2)] (each 2L wide), so the first layer is
+An encoding with ``coordinate_blocks`` (the basic one) is the concatenation of three per-coordinate
+blocks enc(p) = [e(p_0), e(p_1), e(p_2)] (each 2L wide for the basic encoding), so the first layer is
     W_0 enc(p) + b_0 = W_0[:, B_0] e(p_0) + W_0[:, B_1] e(p_1) + W_0[:, B_2] e(p_2) + b_0.
 Each coordinate takes few distinct *normalised* values (with 'local' normalisation o / c_out(l)
 depends on the layer, so we index the distinct fp32 values themselves, not the integer coordinates:
@@ -14,7 +14,7 @@ the rows carry, so the table path is exact up to the order of the floating-point
 
 ``coordinate_index(coords)`` (per coordinate tensor, cached: it does not depend on the weights) holds
 the distinct values, the per-row table rows (global, int32 and int64) and the block-diagonal encoding
-matrix E (U, 6L) so that T = E @ W_0^T + bias rows is one matmul per call (differentiable in W_0, b_0).
+matrix E (U, 6L) (from ``encoding.encode_coordinate``) so that T = E @ W_0^T + bias rows is one matmul per call (differentiable in W_0, b_0).
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+
+from ..encoding import PositionalEncoding
 
 
 @dataclass
@@ -41,18 +43,19 @@ class CoordinateIndex:
     def num_entries(self) -> int:
         return sum(self.sizes)
 
-    def block_encoding(self, encoding: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E (U, 6L) block-diagonal fp32, first-block selector (U,) fp32) for ``encoding``."""
-        key = (id(encoding), encoding.levels, encoding.base, encoding.freqs.dtype)
+    def block_encoding(self, encoding: PositionalEncoding) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E (U, out_features) block-diagonal, first-block selector (U,)) for ``encoding``, in the
+        dtype of its blocks; cached per encoding object and state of its buffers."""
+        key = (id(encoding), tuple((b.dtype, b.data_ptr(), b._version) for b in encoding.buffers()))
         hit = self._enc_cache.get(key)
         if hit is None:
-            w = 2 * encoding.levels
-            dev = self.idx.device
-            e = torch.zeros(self.num_entries, 3 * w, device=dev, dtype=encoding.freqs.dtype)
-            sel = torch.zeros(self.num_entries, device=dev, dtype=encoding.freqs.dtype)
+            blocks = [encoding.encode_coordinate(v) for v in self.values]
+            w, dtype, dev = blocks[0].shape[1], blocks[0].dtype, self.idx.device
+            e = torch.zeros(self.num_entries, 3 * w, device=dev, dtype=dtype)
+            sel = torch.zeros(self.num_entries, device=dev, dtype=dtype)
             r = 0
-            for c, v in enumerate(self.values):
-                e[r:r + v.numel(), c * w:(c + 1) * w] = encoding.encode_coordinate(v)
+            for c, (v, blk) in enumerate(zip(self.values, blocks)):
+                e[r:r + v.numel(), c * w:(c + 1) * w] = blk
                 r += v.numel()
             sel[:self.sizes[0]] = 1
             hit = self._enc_cache[key] = (e, sel)
@@ -89,7 +92,7 @@ def coordinate_index(coords: torch.Tensor) -> CoordinateIndex:
     return index
 
 
-def first_layer_table(encoding: nn.Module, weight: torch.Tensor, bias: torch.Tensor, index: CoordinateIndex,
+def first_layer_table(encoding: PositionalEncoding, weight: torch.Tensor, bias: torch.Tensor, index: CoordinateIndex,
                       compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """T (U, H) fp32, differentiable in ``weight`` (H, 6L) and ``bias`` (H,).
 
@@ -104,6 +107,6 @@ def first_layer_table(encoding: nn.Module, weight: torch.Tensor, bias: torch.Ten
     return torch.addmm(sel[:, None] * b.float()[None, :], e.float(), w.float().t())
 
 
-def uses_basic_blocks(encoding: nn.Module) -> bool:
-    """True for encodings with the per-coordinate block structure (``BasicEncoding``)."""
-    return all(hasattr(encoding, a) for a in ("encode_coordinate", "levels", "freqs"))
+def has_coordinate_blocks(encoding: nn.Module) -> bool:
+    """True for encodings with the per-coordinate block structure (``PositionalEncoding.coordinate_blocks``)."""
+    return isinstance(encoding, PositionalEncoding) and encoding.coordinate_blocks
