@@ -46,9 +46,10 @@ class Run:
     extra: tuple[str, ...] = field(default_factory=tuple)
     full_eval: bool = False        # + FGSM, I-FGSM and the 40 corruption sets (about 5 minutes more)
 
-    def args(self) -> list[str]:
+    def args(self, resume: bool = False) -> list[str]:
         a = ["--config", CONFIG, "--recipe", self.recipe, "--seed", str(self.seed), "--no-progress",
-             "--out", str(RUNS / self.name), "--overwrite", "--eval", "full" if self.full_eval else "quick"]
+             "--out", str(RUNS / self.name), "--resume" if resume else "--overwrite",
+             "--eval", "full" if self.full_eval else "quick"]
         if self.hidden is not None:
             a += ["--hidden", str(self.hidden)]
         if self.original == "plain":
@@ -89,11 +90,13 @@ def train(run: Run) -> None:
         print(f"training the independent original {PLAIN} (experiments/plain_original.py)", flush=True)
         subprocess.run(pinned_prefix() + [sys.executable, str(ROOT / "experiments" / "plain_original.py"), str(PLAIN)],
                        check=True)
-    print(f"run {run.name}: python -m nernfast.train {' '.join(run.args())}", flush=True)
+    # an interrupted run (its state saved, no results yet) continues where it stopped
+    resume = (RUNS / run.name / "train_state.pt").exists() and not (RUNS / run.name / "results.json").exists()
+    print(f"run {run.name}: python -m nernfast.train {' '.join(run.args(resume))}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     (RUNS / run.name).parent.mkdir(parents=True, exist_ok=True)
-    with open(RUNS / f"{run.name}.log", "w") as log:
-        code = subprocess.run(pinned_prefix() + [sys.executable, "-m", "nernfast.train", *run.args()], env=env,
+    with open(RUNS / f"{run.name}.log", "a" if resume else "w") as log:
+        code = subprocess.run(pinned_prefix() + [sys.executable, "-m", "nernfast.train", *run.args(resume)], env=env,
                               stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
         raise SystemExit(f"run {run.name} failed (exit {code}); see {RUNS / f'{run.name}.log'}")

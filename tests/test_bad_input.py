@@ -132,10 +132,10 @@ def test_1_overwrite_replaces_the_run(orig, run_dir, tmp_path):
 def test_1_demo_and_report_grid_overwrite_their_own_runs():
     import inspect
 
-    from nernfast import report
+    from nernfast.report import runs
     demo = Path(__file__).parents[1].joinpath("Makefile").read_text().split("\ndemo:")[1].split("\n\n")[0]
     assert "nernfast.train" in demo and "--overwrite" in demo
-    assert "overwrite=True" in inspect.getsource(report.train_nern)
+    assert "overwrite=True" in inspect.getsource(runs.train_nern)
 
 
 def test_2_unwritable_existing_run_is_found_before_any_work(read_only):

@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from .grid import Job
-from .runs import Env, evaluate
+from .runs import Env, default_teacher, evaluate
 
 
 def train_kd_student(job: Job, env: Env, bundle) -> dict[str, Any]:
@@ -21,8 +21,9 @@ def train_kd_student(job: Job, env: Env, bundle) -> dict[str, Any]:
     from ..pretrain import DEFAULT_TEACHER, ensure_pretrained, recipe_for, resolve_device, train_classifier
     device = resolve_device(env.device)
     tname = DEFAULT_TEACHER.get(env.dataset, "resnet56")
-    teacher = load_model_checkpoint(ensure_pretrained(tname, env.dataset, data_root=env.data_root),
-                                    build_model(tname, bundle.num_classes, bundle.in_channels)).to(device).eval()
+    original = load_model_checkpoint(ensure_pretrained(env.model, env.dataset, data_root=env.data_root),
+                                     build_model(env.model, bundle.num_classes, bundle.in_channels))
+    teacher = default_teacher(env, bundle, original)[0].to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     recipe = recipe_for(env.dataset, env.model)

@@ -93,11 +93,14 @@ def run_job(job: Job, env: Env) -> dict[str, Any]:
         from ..checkpoints import load_model_checkpoint
         from ..models import build_model
         from ..pretrain import DEFAULT_TEACHER, ensure_pretrained
-        name = env.model if job.kind == "original" else DEFAULT_TEACHER.get(env.dataset, "resnet56")
-        path = ensure_pretrained(name, env.dataset, data_root=env.data_root)
-        model = load_model_checkpoint(path, build_model(name, bundle.num_classes, bundle.in_channels)).eval()
-        rec.update(model=name, checkpoint=str(path), params=sum(p.numel() for p in model.parameters()),
-                   eval=evaluate(model, bundle, env))
+        path = ensure_pretrained(env.model, env.dataset, data_root=env.data_root)
+        model = load_model_checkpoint(path, build_model(env.model, bundle.num_classes, bundle.in_channels)).eval()
+        name, source = env.model, str(path)
+        if job.kind == "teacher":
+            name = DEFAULT_TEACHER.get(env.dataset, "resnet56")
+            model, source = default_teacher(env, bundle, model)
+        rec.update(model=name, checkpoint=source, params=sum(p.numel() for p in model.parameters()),
+                   eval=evaluate(model.eval(), bundle, env))
     elif job.kind == "kdstudent":
         from .kd_student import train_kd_student
         rec.update(train_kd_student(job, env, bundle))
@@ -106,6 +109,24 @@ def run_job(job: Job, env: Env) -> dict[str, Any]:
     rec["wall_seconds"] = round(time.time() - t0, 1)
     write_json(Path(env.raw_dir) / "jobs" / f"{job.id}.json", rec)
     return rec
+
+
+def default_teacher(env: Env, bundle, original: "torch.nn.Module") -> tuple["torch.nn.Module", str]:
+    """The dataset's default teacher (nernfast.pretrain.DEFAULT_TEACHER: one network, an ensemble
+    ``NAMExK`` or ``original+flip``), built as the trainer builds it; returns (network, source)."""
+    from types import SimpleNamespace
+
+    from ..checkpoints import load_model_checkpoint
+    from ..models import build_model
+    from ..pretrain import DEFAULT_TEACHER, ensure_pretrained
+    from ..teachers import build_ensemble, build_teacher, parse_teacher
+
+    def load(name: str, path: str | None):
+        path = path or ensure_pretrained(name, env.dataset, data_root=env.data_root)
+        net = load_model_checkpoint(path, build_model(name, bundle.num_classes, bundle.in_channels))
+        return SimpleNamespace(model=net, source=str(path))
+    return build_teacher(parse_teacher(DEFAULT_TEACHER.get(env.dataset, "resnet56")), original, env.dataset, load,
+                         lambda name, k: build_ensemble(name, k, bundle, env.dataset, env.data_root, env.device))
 
 
 def train_nern(job: Job, env: Env, bundle) -> dict[str, Any]:
