@@ -98,13 +98,21 @@ class NeRN(nn.Module):
         return {f"{n}.weight": w for n, w in zip(self.plan.names, self.layer_weights(idx))}
 
     @torch.no_grad()
-    def materialize_(self, model: nn.Module, chunk: int | None = None) -> nn.Module:
+    def materialize_(self, model: nn.Module, chunk: int | None = None, dtype: torch.dtype | None = None) -> nn.Module:
         """Write every predicted weight into ``model`` in place (no autograd) with one op call for the
         whole network. The first call binds the model's predicted conv weights as views into one flat
         buffer (nernfast.binding); after ``model.to(...)``, ``.half()``, ``load_state_dict(..., assign=True)``
-        it re-binds in the weights' current dtype and device. Returns ``model``."""
+        it re-binds in the weights' current dtype and device. Returns ``model``.
+
+        chunk: rows per step (None: ``nernfast.ops.predict.CPU_CHUNK`` on the CPU, one step on CUDA).
+        dtype: the predictor's compute dtype (None: its parameters' dtype); e.g. ``torch.bfloat16`` runs
+            its matmuls in bf16 under autocast, the weights still written in the model's dtype."""
         flat = bind_flat(model, self.plan)
         pdtype = next(self.predictor.parameters()).dtype
+        if dtype is not None and dtype != pdtype:
+            with torch.autocast(self.coords.device.type, dtype=dtype):
+                write_rows_(flat, self.rows(chunk=chunk), self.plan)
+            return model
         if self.plan.uniform and flat.device == self.coords.device and flat.dtype == pdtype:
             # Zero-copy: the predictor writes its rows straight into the conv weights (the fused Triton
             # kernel on CUDA stores them there; the PyTorch path copies once).

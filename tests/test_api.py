@@ -66,6 +66,38 @@ def test_materialize_is_one_op_call_and_matches_the_per_layer_loop(case):
         assert torch.equal(w, e), l.name
 
 
+@pytest.mark.parametrize("hidden", [8, 140])
+def test_default_cpu_chunk_changes_no_value(case, hidden):
+    # materialize_ picks CPU_CHUNK rows per step by default: every model here has more rows than that.
+    from nernfast.ops.predict import CPU_CHUNK
+    _, model, _, _ = case
+    torch.manual_seed(1)
+    nern = NeRN.from_model(model, hidden=hidden)
+    assert nern.plan.num_rows > CPU_CHUNK
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    nern.materialize_(a)
+    nern.materialize_(b, chunk=nern.plan.num_rows)
+    for wa, wb in zip(nern.plan.weights_of(a), nern.plan.weights_of(b)):
+        assert torch.equal(wa, wb)
+
+
+@pytest.mark.parametrize("model_dtype", [torch.float32, torch.float16])
+def test_materialize_computes_in_the_given_dtype_and_writes_the_models(case, model_dtype):
+    _, model, nern, _ = case
+    ref, low = copy.deepcopy(model), copy.deepcopy(model).to(model_dtype)
+    nern.materialize_(ref)
+    nern.materialize_(low, dtype=torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = nern.predict()
+    assert expected.dtype == torch.bfloat16
+    want = [torch.empty(l.shape, dtype=model_dtype) for l in nern.plan.layers]
+    write_layers_reference(expected.to(model_dtype), nern.plan, want)
+    for w, r, e in zip(nern.plan.weights_of(low), nern.plan.weights_of(ref), want):
+        assert w.dtype == model_dtype
+        assert torch.equal(w, e)  # the bf16 prediction, converted once
+    assert not all(torch.equal(w.float(), r) for w, r in zip(nern.plan.weights_of(low), nern.plan.weights_of(ref)))
+
+
 def test_functional_call_and_parametrize_agree_with_materialize(case):
     name, model, nern, x = case
     reference = nern.materialize_(copy.deepcopy(model))
