@@ -79,7 +79,8 @@ def render(raw_dir: Path, out_dir: Path, page: Path) -> str:
               "`--config fashion_mnist.yaml`; the exact command is in each raw file (`run.command`).", "",
               f"Machine: {env.get('cpu', '?')} (CPU capability {env.get('cpu_capability', '?')}, native bf16: "
               f"{env.get('native_bf16', '?')}), torch {env.get('torch', '?')}, {env.get('threads', '?')} thread(s) "
-              "per run, one run at a time on a pinned core. Test split: the 10 000 Fashion-MNIST test images "
+              "per run, each on its own pinned core, two runs side by side on the 2 cores (wall times include the "
+              "neighbour's slowdown). Test split: the 10 000 Fashion-MNIST test images "
               "(one image = 0.01 pt). Intervals: 95 %, the wider of the seed t-interval and the per-image paired "
               "interval.", ""]
     lines += ["## Originals and teacher", "", "| network | test acc % | source |", "|---|---|---|"]

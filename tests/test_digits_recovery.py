@@ -6,11 +6,15 @@ stays far below the original), and phase 2's distillation must then recover the 
 the regime in which an earlier default silently failed: every recipe ended at chance, because the
 encoding saw [0, 1]-scaled coordinates (nearly constant features) and Adam's first distillation
 steps drove the frozen-BatchNorm network into dead ReLUs (exactly zero gradient). It runs the
-shipped decoupled recipe as it is (about two minutes on 2 cores): shortened versions are not
-reliable -- with 1 200 reconstruction steps on a 15-epoch original phase 1 ended with a dead
-network (chance accuracy, zero distillation gradient) in one of three runs.
+shipped decoupled recipe with its phase 2 cut to 150 of its 600 steps (the shipped phase 1, whose
+end state is what phase 2 must rescue; ~40 s on 2 cores): by step 150 the shipped runs are at
+96-97 % validation accuracy on seeds 0-2. The assertions fail when phase 2 learns nothing
+(``NERNFAST_TEST_PHASE2_LR=1e-12`` runs it with a negligible learning rate: phase 2 then ends where
+phase 1 did).
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -29,7 +33,9 @@ def digits_original(tmp_path_factory):
 
 def test_decoupled_recovers_the_original_accuracy_at_cr_below_one(digits_original, tmp_path):
     path, original_acc = digits_original
-    sets = ["eval.ood=false", "eval.attacks=false"]
+    sets = ["eval.ood=false", "eval.attacks=false", "phase2.steps=150", "phase2.lr_warmup_steps=50"]
+    if "NERNFAST_TEST_PHASE2_LR" in os.environ:  # the check that this test can fail (module docstring)
+        sets.append(f"phase2.lr={os.environ['NERNFAST_TEST_PHASE2_LR']}")
     cfg = resolve("decoupled", sets=sets, original=str(path), out=str(tmp_path / "run"), seed=0)
     res = run(cfg, progress=False)
     phase1, phase2 = res["stages"]
