@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -86,7 +87,9 @@ def phase_config(kind: str):
     if kind == "distill":
         return resolve("decoupled").phase2
     if kind == "distill-teacher":
-        return resolve("teacher_decoupled").phase2
+        # L_rec + L_kd from the teacher, as the reference's teacher extension defines the step (its
+        # feature-map term is off); the shipped recipe adds L_fmd against the original on top.
+        return dataclasses.replace(resolve("teacher_decoupled").phase2, fmd_weight=0.0)
     raise ValueError(f"unknown step kind {kind!r}; choose one of {STEP_KINDS}")
 
 

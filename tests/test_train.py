@@ -120,7 +120,9 @@ def test_progressive_round2_targets_round1(nets, tmp_path, monkeypatch):
         torch.testing.assert_close(t, w)
 
 
-def test_teacher_phase_runs_teacher_not_original(nets, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fmd", [0.0, 0.1])
+def test_teacher_phase_runs_teacher_not_original(nets, tmp_path, monkeypatch, fmd):
+    # Logits come from the teacher; the original runs only for L_fmd's feature maps, when it is on.
     counts = {}
     real = phase_mod.run_phase
 
@@ -135,9 +137,9 @@ def test_teacher_phase_runs_teacher_not_original(nets, tmp_path, monkeypatch):
                 h.remove()
             counts[stage] = c
     monkeypatch.setattr(recipes_mod, "run_phase", spy)
-    train_cli.run(tiny_cfg("teacher_decoupled", nets, tmp_path), progress=False)
+    train_cli.run(tiny_cfg("teacher_decoupled", nets, tmp_path, [f"phase2.fmd_weight={fmd}"]), progress=False)
     p2 = counts["phase2-distillation"]
-    assert p2["teacher"] == 6 and p2["original"] == 0
+    assert p2["teacher"] == 6 and p2["original"] == (6 if fmd else 0)
     assert counts["phase1-reconstruction"] == {"original": 0, "teacher": 0}
 
 
