@@ -67,7 +67,7 @@ def plan() -> list[Run]:
     and the independently trained original."""
     runs = [Run(f"decoupled-s{s}", "decoupled", s, full_eval=s == 0) for s in range(3)]
     runs += [Run(f"teacher_decoupled-s{s}", "teacher_decoupled", s, full_eval=s == 0) for s in range(3)]
-    runs += [Run("baseline-s0", "baseline", full_eval=True), Run("recon_only-s0", "recon_only", full_eval=True),
+    runs += [Run("baseline-s0", "baseline", full_eval=True), Run("recon_only-s0", "recon_only"),
              # CR > 1: a step at H280 costs ~2.5x one at H140, so half the steps keep the budget
              Run("recon_only-h280-s0", "recon_only", hidden=280, extra=("phase1.steps=40000",)),
              # progressive: clean accuracy only (its 3 rounds already take the budget of the others' full evaluation)
