@@ -2,7 +2,7 @@
 
 reference: the public NeRN algorithm (chunks of 4 096 rows from the precomputed encoding matrix,
 split, reshape, crop, ``.data =`` swap); plain/fast/fast-bf16: ``NeRN.materialize_`` with
-NERNFAST_REFERENCE=1 / nernfast's dispatch in float32 / under bf16 autocast; floor-fp32/floor-bf16:
+NERNFAST_REFERENCE=1 / nernfast's dispatch in float32 / ``dtype=torch.bfloat16``, all with the default chunk; floor-fp32/floor-bf16:
 the predictor as one chain of matmuls on the precomputed encoding (the ceiling for any fp32/bf16
 implementation that still runs the 240-wide first layer).
 """

@@ -262,11 +262,10 @@ def _make_materialize(setup: Setup, variant: str) -> Callable[[int], object]:
     nern, model = setup.fresh_nern(), copy_frozen(setup.original)
     plain, bf16 = variant == "plain", variant.startswith("fast-bf16")
     chunk = CHUNK if variant.endswith(f"-chunk{CHUNK}") else None
-    dev = torch.device(setup.device).type
 
-    def materialize(i: int) -> nn.Module:
-        with reference_ops(plain), torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
-            return nern.materialize_(model, chunk=chunk)
+    def materialize(i: int) -> nn.Module:  # the public call: default chunk unless named, dtype for bf16
+        with reference_ops(plain):
+            return nern.materialize_(model, chunk=chunk, dtype=torch.bfloat16 if bf16 else None)
     return materialize
 
 
