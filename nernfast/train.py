@@ -81,9 +81,11 @@ def result_table(results: dict[str, Any]) -> str:
     lines.append("-" * len(head))
     lines.append(f"final: test acc {_fmt(f.get('accuracy'), True)} % (original {_fmt(results['original'].get('accuracy'), True)} %)"
                  + "".join(f", {k} {_fmt(v, True)} %" for k, v in f.items() if k.endswith("_acc") and isinstance(v, float)))
-    lines.append(f"predictor {sizes['predictor_params']:,} params ({sizes['predictor_mb']:.3f} MB), predicted original "
-                 f"weights {sizes['predicted_params']:,} ({sizes['predicted_mb']:.3f} MB), CR {sizes['compression_ratio']:.3f}; "
-                 f"artefact {sizes.get('artefact_bytes', 0) / 2**20:.3f} MB on disk (permutation and BN/FC included)")
+    # Sizes in MiB (2**20 bytes, fp32 for the parameter counts) and the artefact in bytes: the units computed.
+    lines.append(f"predictor {sizes['predictor_params']:,} params ({sizes['predictor_mb']:.3f} MiB fp32), predicted "
+                 f"original weights {sizes['predicted_params']:,} ({sizes['predicted_mb']:.3f} MiB), "
+                 f"CR {sizes['compression_ratio']:.3f}; artefact {sizes.get('artefact_bytes', 0):,} bytes on disk "
+                 f"(permutation and BN/FC included)")
     return "\n".join(lines)
 
 
