@@ -113,6 +113,10 @@ def render(raw_dir: Path, out_dir: Path, page: Path) -> str:
         lines.append(f"| {o} | {recipe} | {cr:.2f} | {variant or 'default'} | {len(runs)} | {pct(sum(accs) / len(accs))} "
                      f"({'; '.join(pct(a) for a in accs)}) | {interval(m, lo, hi)} | {p1s} | {wall:.1f} |")
     lines.append("")
+    shared = sorted(name for name, r in raw.items() if any(st.get("shared_from") for st in r["stages"]))
+    if shared:
+        lines += ["Phase 1 reused from an identical earlier run (nernfast.training.shared; its wall time is that "
+                  "run's): " + ", ".join(f"`{n}`" for n in shared) + ".", ""]
 
     lines += ["## Targets", ""]
     lines += targets(groups, orig_acc)
