@@ -1,0 +1,50 @@
+"""The result pages render from the committed raw results alone (experiments/, run outside CI)."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT / "docs" / "fashion-mnist" / "raw"
+
+
+@pytest.fixture
+def experiments(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    yield
+    for name in ("fashion_mnist_render", "digits_table"):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.skipif(not RAW.is_dir(), reason="no committed Fashion-MNIST raw results")
+def test_fashion_mnist_page_states_every_target_with_its_figure(experiments, tmp_path):
+    from fashion_mnist_render import render
+    page = tmp_path / "fashion-mnist.md"
+    render(RAW, tmp_path, page)
+    text = page.read_text()
+    raw = {p.stem: json.loads(p.read_text()) for p in RAW.glob("*.json")}
+    # Every run's test accuracy appears, and every target line says met or missed with its interval.
+    for r in raw.values():
+        assert f"{100 * r['final']['accuracy']:.2f}" in text
+    targets = [ln for ln in text.splitlines() if ln.startswith("- ") and ("**met**" in ln or "**missed**" in ln)]
+    assert targets and all("[" in ln and "]" in ln for ln in targets)
+    assert (tmp_path / "plots" / "val_acc_vs_wall.png").stat().st_size > 0
+
+
+def test_digits_table_replaces_only_the_marked_block(experiments, tmp_path, monkeypatch):
+    import digits_table
+    raw = tmp_path / "raw"
+    shutil.copytree(ROOT / "docs" / "digits" / "raw", raw)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{digits_table.START}\nold table\n{digits_table.END}\nafter\n")
+    monkeypatch.setattr(digits_table, "RAW", raw)
+    monkeypatch.setattr(digits_table, "ROOT", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["digits_table.py", "--render"])
+    assert digits_table.main() == 0
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old table" not in text
+    assert text.count("| `teacher_decoupled`") == 3 and "(phase 1 shared)" in text
