@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    from nernfast import numerics
+    from run_bench import numerics_and_load
     from nernfast.config import resolve
     from nernfast.train import run
     from nernfast.training import logger as run_logger
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in events:
         groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + e.self_cpu_time_total
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
-    machine = {**{k: v for k, v in numerics.describe().items() if k != "env"}, "loadavg": os.getloadavg()}
+    machine = numerics_and_load()
     res = {"dataset": a.dataset, "recipe": a.recipe, "phase": "phase2", "window_steps": window,
            "eval_every": distill.eval_every, "seconds_per_step": per_step,
            "groups": {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},

@@ -77,6 +77,13 @@ def load_average() -> list[float] | None:
         return None
 
 
+def numerics_and_load() -> dict:
+    """What decided this process's CPU numerics (nernfast.numerics.describe) and the load average:
+    recorded beside every figure of the one-off benchmark scripts."""
+    from nernfast import numerics
+    return {**{k: v for k, v in numerics.describe().items() if k != "env"}, "loadavg": load_average()}
+
+
 def collect(bench_json: dict) -> tuple[list[dict], dict[tuple[str, str], dict]]:
     """Per-variant stats from pytest-benchmark's JSON, keyed by (case, variant)."""
     from cases import MATERIALIZE_PAIRS, STEP_PAIRS

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import tempfile
 import time
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from nernfast import numerics
+    from run_bench import numerics_and_load
     from nernfast.checkpoints import load_model_checkpoint
     from nernfast.config import resolve
     from nernfast.data import get_dataset
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = run_reference(cfg, bundle, original, budget, a.eval_seconds, target, a.seed, device)
     met = ref["seconds_to_target"] is None or (ours_hit is not None and ours_hit * a.budget <= ref["seconds_to_target"])
     met = met and ours_hit is not None
-    machine = {**{k: v for k, v in numerics.describe().items() if k != "env"}, "loadavg": os.getloadavg()}
+    machine = numerics_and_load()
     out = {"dataset": cfg.dataset, "original_val_acc": orig_val, "target_val_acc": target,
            "nernfast": {"seconds_to_target": ours_hit, "best_val_acc": ours_best, "training_s": ours_total},
            "reference": ref, "budget_s": budget, "target_met": met, "machine": machine}
