@@ -42,8 +42,8 @@ TABLE_ON_CUDA = True
 
 # Rows per step of a no-grad CPU prediction when the caller names no chunk: the hidden activations of
 # 4096 rows (4096 x H x 4 bytes, 2.3 MiB at H140) stay in L2/L3 between the layers' GEMMs, where the whole
-# network's (30k-300k rows) go to memory. Measured with `make bench` (ResNet-56 / H320, benchmarks/
-# RESULTS.md): the materialise step 0.70x -> 1.19x the reference in fp32, 1.19x -> 2.48x in bf16.
+# network's (30k-300k rows) go to memory. Measured (ResNet-56 / H320, benchmarks/RESULTS.md, issue 12):
+# `materialize_(model)` 0.70x -> 1.37x the reference in fp32, 1.19x -> 4.58x with dtype=torch.bfloat16.
 # Chunking a no-grad forward changes no value (each row is its own GEMM row); gradient calls keep
 # one call so their weight-gradient sums keep their order.
 CPU_CHUNK = 4096
