@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ours_hit, ours_best, ours_total = first_within(res["stages"], target)
     budget = a.budget * (ours_hit if ours_hit is not None else ours_total)
     ref = run_reference(cfg, bundle, original, budget, a.eval_seconds, target, a.seed, device)
-    met = ref["seconds_to_target"] is None or (ours_hit is not None and ours_hit * a.budget <= ref["seconds_to_target"])
-    met = met and ours_hit is not None
+    # Met: nernfast gets there, and the reference does not within the budget or takes >= budget x as long.
+    met = ours_hit is not None and (ref["seconds_to_target"] is None or ours_hit * a.budget <= ref["seconds_to_target"])
     machine = numerics_and_load()
     out = {"dataset": cfg.dataset, "original_val_acc": orig_val, "target_val_acc": target,
            "nernfast": {"seconds_to_target": ours_hit, "best_val_acc": ours_best, "training_s": ours_total},
