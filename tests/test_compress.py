@@ -66,6 +66,31 @@ def test_compress_cli_end_to_end(source, tmp_path, capsys):
     assert out.read_bytes() == before
 
 
+def test_recalibrated_bn_matches_the_batch_statistics_of_the_quantised_network(source):
+    """One batch, cumulative average: the running mean of the first BN is that batch's mean of the
+    first conv's output computed with the quantised predictor; the stored model is not touched."""
+    from nernfast.compress.bn import bn_state, recalibrated
+    from nernfast.compress.cli import _quantized_copy
+    from nernfast.data import get_dataset
+    import argparse
+    nern, model, _ = nernfast.load_nern(source / "nern.safetensors")
+    q = _quantized_copy(nern, argparse.Namespace(bits=4, group=8))
+    before = bn_state(model)
+    bundle = get_dataset("digits", None, seed=0)
+    m = recalibrated(q, model, bundle, 1, torch.device("cpu"), seed=3, batch_size=32)
+    assert all(torch.equal(v, bn_state(model)[k]) for k, v in before.items())
+    assert not m.training
+    x, _ = next(iter(bundle.loader("train", 32, shuffle=True, augment=False, seed=3)))
+    w = dict(zip(q.plan.names, q.layer_weights()))
+    assert torch.equal(m.layer1[0].conv1.weight, w["layer1.0.conv1"].detach().view_as(m.layer1[0].conv1.weight))
+    with torch.no_grad():
+        y = m.conv1(x)  # the stem feeds bn1: its running mean is this batch's channel mean
+    assert torch.allclose(m.bn1.running_mean, y.mean((0, 2, 3)), atol=1e-5)
+    assert not torch.allclose(m.bn1.running_mean, before["bn1.running_mean"])
+    with pytest.raises(ValueError, match="1 batch"):
+        recalibrated(q, model, bundle, 0, torch.device("cpu"))
+
+
 def test_compress_cli_refuses_a_missing_source(tmp_path, capsys):
     rc = main([str(tmp_path / "nope"), "--out", str(tmp_path / "x.safetensors")])
     err = capsys.readouterr().err.strip()

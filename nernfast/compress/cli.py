@@ -2,7 +2,9 @@
 
 Reads a trained artefact (or a run directory holding ``nern.safetensors``), fine-tunes its
 predictor through the quantiser for ``--steps`` steps (distillation from the artefact's own fp32
-network, kept by validation accuracy; ``--steps 0``: plain post-training quantisation), chooses
+network, kept by validation accuracy; ``--steps 0``: plain post-training quantisation), re-estimates
+the BN statistics with the quantised predictor before and after it (``--bn-batches``; kept only
+where validation accuracy rises: nernfast.compress.bn), chooses
 the BN/FC precision (``--rest auto``: fp16 when it does not lower the validation accuracy, else
 fp32), writes the compact artefact atomically (never over an existing file without
 ``--overwrite``), and prints the bytes of every part and the test accuracy before and after,
@@ -43,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     # seed of three and collapsed int6 on another; 400 steps at 5e-5 recovered every seed.
     p.add_argument("--steps", type=int, default=400, help="quantisation-aware distillation steps (0: PTQ only)")
     p.add_argument("--lr", type=float, default=5e-5, help="fine-tune learning rate (Adam; default 5e-5)")
+    p.add_argument("--bn-batches", type=int, default=50,
+                   help="training batches to re-estimate the BN statistics with the quantised predictor, before "
+                        "and after the fine-tune, each kept only if validation accuracy rises (0: keep the stored; "
+                        "default 50)")
     p.add_argument("--eval-every", type=int, default=50, help="validation points of the fine-tune (default 50)")
     p.add_argument("--dataset", help="dataset for the fine-tune and the accuracies (default: the artefact's)")
     p.add_argument("--data-root", help="directory holding the dataset (default: the artefact's run config)")
@@ -98,6 +104,20 @@ def choose_rest(nern: Any, model: torch.nn.Module, bundle: Any, device: torch.de
     return ("fp16" if a16 >= a32 else "fp32"), {"val_acc_fp32_rest": a32, "val_acc_fp16_rest": a16}
 
 
+def better_bn(qnern: Any, current: torch.nn.Module, bundle: Any, args: argparse.Namespace,
+              device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """``current``'s BN statistics or ones re-estimated with the quantised ``qnern``, whichever
+    gives the higher validation accuracy (ties keep ``current``); returns it and what was measured."""
+    from .bn import recalibrated
+    cand = recalibrated(qnern, current, bundle, args.bn_batches, device, args.seed)
+    stored = copy.deepcopy(current).to(device)
+    qnern.materialize_(stored)
+    a_stored, a_new = _accuracy(stored, bundle, "val", device), _accuracy(cand, bundle, "val", device)
+    kept = a_new > a_stored
+    return (cand if kept else current), {"val_acc_stored": a_stored, "val_acc_reestimated": a_new,
+                                         "kept": "re-estimated" if kept else "stored"}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..data import get_dataset
     from .qat import finetune
@@ -105,6 +125,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_output(out, args.overwrite)
     if args.steps < 0:
         raise ValueError(f"--steps {args.steps}: must be >= 0 (0: quantise without fine-tuning)")
+    if args.bn_batches < 0:
+        raise ValueError(f"--bn-batches {args.bn_batches}: must be >= 0 (0: keep the stored BN statistics)")
     device = torch.device(args.device)
     nern, model, meta = load_nern(src, device=device)
     cfg = meta.get("config") or {}
@@ -114,20 +136,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bundle = get_dataset(dataset, args.data_root or cfg.get("data_root"), seed=0)
     t0 = time.perf_counter()
     before = _accuracy(load(src, device=device), bundle, "test", device)
-    tune = None
+    tune, student, bn_info = None, model, {}
+    if args.bn_batches:
+        student, bn_info["before_finetune"] = better_bn(_quantized_copy(nern, args), student, bundle, args, device)
     if args.steps:
         tune = finetune(nern, model, bundle, args.bits, args.group, args.steps, args.lr, args.seed, device,
-                        progress=not args.no_progress, eval_every=args.eval_every)
-    rest, rest_info = (args.rest, {}) if args.rest != "auto" else choose_rest(_quantized_copy(nern, args), model,
+                        progress=not args.no_progress, eval_every=args.eval_every, student=student)
+        if args.bn_batches:
+            student, bn_info["after_finetune"] = better_bn(_quantized_copy(nern, args), student, bundle, args, device)
+    rest, rest_info = (args.rest, {}) if args.rest != "auto" else choose_rest(_quantized_copy(nern, args), student,
                                                                             bundle, device)
     scheme = Scheme(weights=f"int{args.bits}", group=args.group, rest=rest)
     info = {"source": str(src), "scheme": asdict(scheme),
             "qat_steps": args.steps, "qat_lr": args.lr, "qat_kept_step": tune and tune["best_step"],
             "qat_val_acc": tune and tune.get("val_acc"),
             "qat_history": [[h["step"], h.get("val_acc")] for h in tune["history"]] if tune else [],
+            "bn_batches": args.bn_batches, "bn_reestimation": bn_info,
             "rest_choice": rest_info, "test_acc_before": before}
     metrics = dict(meta.get("metrics") or {}, compress=info)
-    save_artefact(out, nern.cpu(), model.cpu(), meta.get("architecture"), cfg, metrics, scheme=scheme,
+    save_artefact(out, nern.cpu(), student.cpu(), meta.get("architecture"), cfg, metrics, scheme=scheme,
                   overwrite=args.overwrite)
     after = _accuracy(load(out, device=device), bundle, "test", device)
     sizes = file_parts(out)

@@ -40,9 +40,11 @@ def fake_quantized(nern: NeRN, bits: int, group: int | None) -> Iterator[NeRN]:
 
 def finetune(nern: NeRN, model: nn.Module, bundle: Any, bits: int, group: int | None, steps: int, lr: float,
              seed: int = 0, device: str | torch.device = "cpu", progress: bool = False,
-             batch_size: int = 128, eval_every: int = 50) -> dict[str, Any]:
-    """Fine-tune ``nern`` (in place) for its ``bits``-bit form; ``model`` holds its BN/FC. Returns
-    the phase result (history, kept step, validation accuracy of the kept predictor)."""
+             batch_size: int = 128, eval_every: int = 50, student: nn.Module | None = None) -> dict[str, Any]:
+    """Fine-tune ``nern`` (in place) for its ``bits``-bit form; ``model`` holds the fp32 artefact's
+    BN/FC (the teacher's), ``student`` the BN/FC the quantised network computes with (default:
+    ``model``'s; e.g. re-estimated BN statistics). Returns the phase result (history, kept step,
+    validation accuracy of the kept predictor)."""
     from ..config import PhaseConfig, RunConfig
     from ..training.context import Context
     from ..training.logger import RunLogger
@@ -51,6 +53,7 @@ def finetune(nern: NeRN, model: nn.Module, bundle: Any, bits: int, group: int | 
 
     device = torch.device(device)
     nern.to(device)
+    student = model if student is None else student
     teacher = copy_frozen(model).to(device)
     nern.materialize_(teacher)
     with torch.no_grad():
@@ -63,10 +66,10 @@ def finetune(nern: NeRN, model: nn.Module, bundle: Any, bits: int, group: int | 
         cfg = RunConfig(device=str(device))
         logger = RunLogger(Path(tmp), progress=progress)
         ctx = Context(cfg, device, bundle, teacher, "fp32 artefact", None, None, {}, Path(tmp), logger)
-        nets = PhaseNets(target, copy_frozen(model).to(device), teacher)
+        nets = PhaseNets(target, copy_frozen(student).to(device), teacher)
         try:
             with fake_quantized(nern, bits, group):
-                result = _run(ctx, nern, phase, nets, copy_frozen(model).to(device), seed)
+                result = _run(ctx, nern, phase, nets, copy_frozen(student).to(device), seed)
         finally:
             logger.close()
     return result
