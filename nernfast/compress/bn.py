@@ -30,8 +30,3 @@ def recalibrated(nern: Any, model: nn.Module, bundle: Any, batches: int, device:
     update_bn(itertools.islice(loader, batches), m, device)
     return m.eval()
 
-
-def bn_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The BN running statistics of ``model`` (what ``recalibrated`` changes)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()
-            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}

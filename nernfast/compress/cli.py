@@ -143,10 +143,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.steps:
         tune = finetune(nern, model, bundle, args.bits, args.group, args.steps, args.lr, args.seed, device,
                         progress=not args.no_progress, eval_every=args.eval_every, student=student)
-        if args.bn_batches:
-            student, bn_info["after_finetune"] = better_bn(_quantized_copy(nern, args), student, bundle, args, device)
-    rest, rest_info = (args.rest, {}) if args.rest != "auto" else choose_rest(_quantized_copy(nern, args), student,
-                                                                            bundle, device)
+    qnern = _quantized_copy(nern, args)  # the predictor as the file will decode it
+    if args.steps and args.bn_batches:
+        student, bn_info["after_finetune"] = better_bn(qnern, student, bundle, args, device)
+    rest, rest_info = (args.rest, {}) if args.rest != "auto" else choose_rest(qnern, student, bundle, device)
     scheme = Scheme(weights=f"int{args.bits}", group=args.group, rest=rest)
     info = {"source": str(src), "scheme": asdict(scheme),
             "qat_steps": args.steps, "qat_lr": args.lr, "qat_kept_step": tune and tune["best_step"],
