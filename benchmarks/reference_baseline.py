@@ -41,7 +41,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from nernfast.losses import feature_map_loss, kd_loss, reconstruction_loss
+from nernfast.losses import feature_map_loss_reference, kd_loss, reconstruction_loss
 from nernfast.models import collect_features
 from nernfast.optim import Ranger
 from nernfast.plan import WeightPlan
@@ -157,7 +157,7 @@ class ReferenceNeRN:
         parts = {"rec": reconstruction_loss(updated, self.original_weights, self.recon_kind),
                  "kd": kd_loss(logits, src_logits, self.kd_kind, self.temperature)}
         if fo is not None:
-            parts["fmd"] = feature_map_loss(fr, fo)
+            parts["fmd"] = feature_map_loss_reference(fr, fo)
         loss = self.recon_weight * parts["rec"]
         if not warmup:
             if self.fmd_weight > 0 and "fmd" in parts:

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from nernfast.losses import feature_map_loss, kd_loss, reconstruction_loss
+from nernfast.losses import feature_map_loss, feature_map_loss_reference, kd_loss, reconstruction_loss
+from nernfast.testing.seed import session_seed
 
 
 def layers():
@@ -54,7 +55,8 @@ def test_feature_map_loss_formula():
             layer += sum((x / (nt + eps) - y / (ns + eps)) ** 2 for x, y in zip(tv, sv))
         total += layer / B
     assert feature_map_loss(student, teacher).item() == pytest.approx(total, rel=1e-12)
-    assert feature_map_loss(teacher, teacher).item() == 0.0
+    assert feature_map_loss(teacher, teacher).item() == pytest.approx(0.0, abs=1e-12)  # ||a||^2 + ||b||^2 - 2ab rounds
+    assert feature_map_loss_reference(teacher, teacher).item() == 0.0
     # scale-free up to eps: doubling the student's maps barely moves it
     assert feature_map_loss([2 * s for s in student], teacher).item() == pytest.approx(total, rel=1e-3)
     with pytest.raises(ValueError, match="matching layers"):
@@ -95,3 +97,34 @@ def test_kd_zero_for_identical_logits_and_stable_bounds_the_gradient():
     assert math.isfinite(stable.item()) and student.grad.abs().max().item() <= plain
     with pytest.raises(ValueError, match="unknown KD loss"):
         kd_loss(z, z, "js")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shapes", [
+    [(8, 16, 28, 28)] * 7 + [(8, 32, 14, 14)] * 6 + [(8, 64, 7, 7)] * 6,   # ResNet-20 on 28x28 (the default)
+    [(3, 4, 5, 5), (3, 6, 2, 2), (3, 4, 5, 5), (3, 1, 1, 7)],              # interleaved shapes, a 1-pixel map
+    [(1, 2, 3, 3)],
+])
+def test_feature_map_loss_matches_reference(dtype, shapes):
+    """The three-reduction computation against the per-layer reference, value and gradient, on random maps
+    (seeded by NERNFAST_TEST_SEED, shown in the header)."""
+    g = torch.Generator().manual_seed(session_seed())
+    student = [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in shapes]
+    teacher = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+    ref_in = [s.detach().to(torch.promote_types(dtype, torch.float32)).requires_grad_() for s in student]
+    ref = feature_map_loss_reference(ref_in, [t.to(ref_in[0].dtype) for t in teacher])
+    got = feature_map_loss(student, teacher)
+    assert got.dtype == ref.dtype
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert got.item() == pytest.approx(ref.item(), rel=tol)
+    ref.backward()
+    got.backward()
+    for a, b in zip(student, ref_in):
+        # the grouped path's gradient reaches the 16-bit maps through the cast: compare in fp32
+        torch.testing.assert_close(a.grad.float(), b.grad.float().to(a.dtype).float(),
+                                   rtol=1e-2 if dtype == torch.bfloat16 else tol, atol=1e-6)
+
+
+def test_feature_map_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="equal shape"):
+        feature_map_loss([torch.ones(2, 3, 4, 4)], [torch.ones(2, 3, 2, 2)])

@@ -98,15 +98,19 @@ def data_loss(nern: NeRN, phase: PhaseConfig, nets: PhaseNets, idx: torch.Tensor
     ``functional_call``; the distillation source (original or teacher) runs without autograd.
     """
     shell, distill = nets.shell, nets.distill
-    ws = flat_views(nern.flat(nern.rows(idx)), nern.plan)
+    ac = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(x.device.type, enabled=False)
+    # The rebuild runs under the same autocast as the CNN: with bf16 the predictor's matmuls (the
+    # largest cost of a digits step) run in bf16, and the convs take the predicted weights as they are
+    # instead of casting them from fp32 (their values are rounded to bf16 either way).
+    with ac:
+        ws = flat_views(nern.flat(nern.rows(idx)), nern.plan)
     params = {f"{n}.weight": w for n, w in zip(nern.plan.names, ws)}
     parts: dict[str, float] = {}
     loss = x.new_zeros((), dtype=torch.float32)
     if phase.recon_weight:
-        rec = reconstruction_loss(ws, nets.target.weights, phase.recon_loss)
+        rec = reconstruction_loss([w.float() for w in ws], nets.target.weights, phase.recon_loss)
         loss = loss + phase.recon_weight * rec
         parts["rec"] = float(rec.detach())
-    ac = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(x.device.type, enabled=False)
     with ac:
         if phase.fmd_weight:
             with collect_features(shell) as fs:
@@ -117,7 +121,7 @@ def data_loss(nern: NeRN, phase: PhaseConfig, nets: PhaseNets, idx: torch.Tensor
             if source is not distill and phase.kd_weight:
                 with torch.no_grad():
                     t_logits = distill(x)
-            fmd = feature_map_loss([f.float() for f in fs], [f.float() for f in ft])
+            fmd = feature_map_loss(fs, ft)  # computed in fp32
             loss = loss + phase.fmd_weight * fmd
             parts["fmd"] = float(fmd.detach())
         else:
