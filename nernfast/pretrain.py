@@ -16,10 +16,12 @@ Checkpoint layout (``torch.load(..., weights_only=True)`` reads it)::
 
 ``ensure_pretrained`` trains once and caches under ``$NERNFAST_CACHE/pretrained`` (default
 ``~/.cache/nernfast/pretrained``) as ``<model>_<dataset>_seed<seed>_ep<epochs>_<recipe digest>.pt``
-(the data root is not part of the key). On the CPU it trains in a child process with pinned
-numerics (:mod:`nernfast.numerics`: AVX2 code paths, one thread), so the same command gives the
-same network on any machine of this kind; ``python -m nernfast.pretrain`` does the same unless
-given ``--native-numerics``. The checkpoint records what decided its numerics (``numerics``).
+(the data root is not part of the key). A checkpoint shipped with nernfast under that name
+(:mod:`nernfast.shipped`) is copied in instead of training, so every machine gets the same network.
+Otherwise, on the CPU, it trains in a child process with pinned numerics (:mod:`nernfast.numerics`:
+AVX2 code paths, one thread), which repeats bit for bit on one CPU vendor;
+``python -m nernfast.pretrain`` does the same unless given ``--native-numerics``. The checkpoint
+records what decided its numerics (``numerics``).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from .data import DataBundle, canonical_name, get_dataset
 from .eval.metrics import accuracy
 from .eval.threads import cpu_threads_for
 from .models import build_model
-from . import numerics
+from . import numerics, shipped
 
 CHECKPOINT_FORMAT = "nernfast-pretrained/1"
 # Bump when the training code changes results, so cached checkpoints are retrained.
@@ -314,6 +316,8 @@ def ensure_pretrained(model_name: str, dataset: str, data_root=None, cache_dir=N
         return path
     with _file_lock(path.with_name(path.name + ".lock")):
         if _valid_checkpoint(path, model_name.lower()):
+            return path
+        if shipped.install(path) and _valid_checkpoint(path, model_name.lower()):
             return path
         partial = path.with_name(path.name + ".partial")
         train_checkpoint(model_name.lower(), dataset, partial, epochs=epochs, data_root=data_root, seed=seed,

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import nernfast.pretrain as pt
+import nernfast.shipped as shipped
 from nernfast.checkpoints import load_model_checkpoint
 from nernfast.evaluate import main as evaluate_main
 from nernfast.models import build_model
@@ -86,6 +87,7 @@ def test_ensure_pretrained_caches(tmp_path, monkeypatch):
         torch.save({"model": model_name, "state_dict": {}, "metrics": {"test_accuracy": 1.0}}, out)
 
     monkeypatch.setattr(pt, "train_checkpoint", fake_train)
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "none-shipped")
     monkeypatch.setenv("NERNFAST_CACHE", str(tmp_path / "cache"))
     p1 = pt.ensure_pretrained("resnet20", "digits")
     p2 = pt.ensure_pretrained("resnet20", "digits")
