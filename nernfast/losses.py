@@ -58,6 +58,11 @@ def feature_map_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Te
         a, b = nt + eps, ns + eps
         part = ((nt / a) ** 2 + (ns / b) ** 2 - 2 * dot / (a * b)).clamp_min(0).mean()
         total = part if total is None else total + part
+    if not torch.isfinite(total):
+        # Maps beyond ~1e17 (a broken predicted network) overflow their squared norms in fp32, where
+        # the reference, normalising first, stays finite: give its value (one check per call).
+        dtype = total.dtype
+        return feature_map_loss_reference([s.to(dtype) for s in student], [t.to(dtype) for t in teacher], eps)
     return total
 
 

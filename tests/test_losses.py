@@ -128,3 +128,14 @@ def test_feature_map_loss_matches_reference(dtype, shapes):
 def test_feature_map_loss_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="equal shape"):
         feature_map_loss([torch.ones(2, 3, 4, 4)], [torch.ones(2, 3, 2, 2)])
+
+
+def test_feature_map_loss_on_huge_maps_matches_reference():
+    """Maps whose squared norms overflow fp32 (a broken predicted network) give the reference's
+    finite value, not NaN."""
+    g = torch.Generator().manual_seed(session_seed())
+    student = [torch.randn(4, 8, 6, 6, generator=g) * 1e20, torch.randn(4, 8, 6, 6, generator=g)]
+    teacher = [torch.randn(4, 8, 6, 6, generator=g), torch.randn(4, 8, 6, 6, generator=g)]
+    ref = feature_map_loss_reference(student, teacher)
+    got = feature_map_loss(student, teacher)
+    assert torch.isfinite(ref) and got.item() == pytest.approx(ref.item(), rel=1e-6)
