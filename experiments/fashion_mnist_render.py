@@ -51,7 +51,7 @@ def group(raw: dict[str, dict]) -> dict[tuple, list[dict]]:
     g: dict[tuple, list[dict]] = defaultdict(list)
     for res in raw.values():
         r = res["run"]
-        variant = r["group"].removeprefix("plain-").removeprefix(r["recipe"]).strip("-")
+        variant = r["group"].removeprefix(f"{r['original']}-").removeprefix(r["recipe"]).strip("-")
         g[(r["original"], r["recipe"], round(res["sizes"]["compression_ratio"], 2), variant)].append(res)
     return {k: sorted(v, key=lambda x: x["run"]["seed"]) for k, v in g.items()}
 
@@ -95,12 +95,16 @@ def render(raw_dir: Path, out_dir: Path, page: Path) -> str:
               "(one image = 0.01 pt). Intervals: 95 %, the wider of the seed t-interval and the per-image paired "
               "interval.", ""]
     lines += ["## Originals and teacher", "", "| network | test acc % | source |", "|---|---|---|"]
-    seen = set()
+    firsts: dict[str, dict] = {}
     for r in raw.values():
-        o = r["run"]["original"]
-        if o not in seen:
-            seen.add(o)
-            lines.append(f"| original ({o}) | {pct(r['original']['accuracy'])} | `{r['original_source']}` |")
+        firsts.setdefault(r["run"]["original"], r)
+    for o, r in sorted(firsts.items(), key=lambda kv: ORIGINALS.index(kv[0])):
+        source = r["original_source"]
+        if o == "shipped":  # copied from the package into the cache: name where it ships
+            source = f"nernfast/pretrained/{Path(source).name}"
+        elif o == "pretrain":
+            source += " (AMD EPYC, not kept)"
+        lines.append(f"| original ({o}) | {pct(r['original']['accuracy'])} | `{source}` |")
     teachers = {}  # one row per original that a teacher run distilled from
     for r in raw.values():
         if r.get("teacher") and r["run"]["original"] != "plain":
