@@ -84,6 +84,8 @@ class PhaseConfig:
     distill_from: str = "original"       # original | teacher
     batch_size: int = 128
     augment: bool = True
+    bn_recalibration: int = 0            # before the phase: re-estimate the rebuilt network's BN statistics
+                                         # on this many unaugmented training batches (0: keep the original's)
     noise_low: float = -2.0
     noise_high: float = 2.0
     weights_batch_method: str = "random_weighted_batch"

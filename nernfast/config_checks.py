@@ -66,6 +66,7 @@ RANGES: dict[str, Range] = {
     "phase.temperature": POSITIVE,
     "phase.warmup_steps": NONNEGATIVE,
     "phase.batch_size": at_least(1),
+    "phase.bn_recalibration": NONNEGATIVE,
     "phase.noise_low": ANY,               # below noise_high (checked with it)
     "phase.noise_high": ANY,
     "phase.weights_batch_size": at_least(1),  # capped at the plan's row count once the plan is known
@@ -159,6 +160,10 @@ def check(cfg: RunConfig) -> None:
         p = getattr(cfg, key)
         if not p.noise_low < p.noise_high:
             raise _fail(f"{key}.noise_low", p.noise_low, f"below {key}.noise_high = {p.noise_high!r}")
+        if p.bn_recalibration and p.data != "dataset":
+            raise ConfigError(f"{key}.bn_recalibration = {p.bn_recalibration} needs training images but "
+                              f"{key}.data = {p.data!r}; pass --set {key}.bn_recalibration=0 or "
+                              f"--set {key}.data=dataset")
     for key in ("include", "exclude"):
         for pattern in getattr(cfg.nern, key) or []:
             try:

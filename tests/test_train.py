@@ -301,3 +301,43 @@ def test_progressive_runs_and_reports_every_round(nets, tmp_path, monkeypatch):
     assert [s["stage"] for s in res["stages"] if s.get("stopped_here")] == ["round2-seed0"]
     r1 = res["stages"][0]
     assert res["final"]["accuracy"] == r1["test_acc"]  # the artefact is round 1's predictor
+
+
+def test_phase2_starts_from_recalibrated_statistics(nets, tmp_path, monkeypatch):
+    # decoupled re-estimates BN statistics before phase 2: the student and the artefact carry them,
+    # while the reconstruction and feature-map targets stay the original's.
+    from nernfast.checkpoints import read_checkpoint
+    seen = {}
+    real = phase_mod.run_phase
+
+    def spy(ctx, nern, phase, nets_, eval_model, stage, *a, **k):
+        seen[stage] = (nets_, eval_model, ctx.original)
+        return real(ctx, nern, phase, nets_, eval_model, stage, *a, **k)
+    monkeypatch.setattr(recipes_mod, "run_phase", spy)
+    res = train_cli.run(tiny_cfg("decoupled", nets, tmp_path, ["phase2.fmd_weight=0.1"]), progress=False)
+    sd = read_checkpoint(nets[0])["state_dict"]
+    key = "layer3.2.bn2.running_mean"
+    student_nets, eval_model, original = seen["phase2-distillation"]
+    assert not torch.equal(eval_model.state_dict()[key], sd[key])
+    assert torch.equal(student_nets.shell.state_dict()[key], eval_model.state_dict()[key])
+    assert student_nets.features is original and torch.equal(original.state_dict()[key], sd[key])
+    for t, w in zip(student_nets.target.weights, student_nets.target.plan.weights_of(original)):
+        torch.testing.assert_close(t, w, rtol=0, atol=0)
+    # phase 1 ran on the original's statistics
+    p1_nets, p1_eval, _ = seen["phase1-reconstruction"]
+    assert torch.equal(p1_eval.state_dict()[key], sd[key])
+    rec = res["stages"][1]["bn_recalibration"]
+    assert rec["batches"] == 40 and rec["val_acc_before"] == res["stages"][0]["val_acc"]
+    model = nernfast.load(tmp_path / "nern.safetensors")
+    torch.testing.assert_close(model.state_dict()[key], eval_model.state_dict()[key], rtol=0, atol=0)
+
+
+def test_no_recalibration_keeps_the_original_statistics(nets, tmp_path):
+    from nernfast.checkpoints import read_checkpoint
+    sd = read_checkpoint(nets[0])["state_dict"]
+    res = train_cli.run(tiny_cfg("decoupled", nets, tmp_path, ["phase2.bn_recalibration=0"]), progress=False)
+    assert "bn_recalibration" not in res["stages"][1]
+    model = nernfast.load(tmp_path / "nern.safetensors")
+    for k, v in model.state_dict().items():
+        if "running" in k:
+            torch.testing.assert_close(v, sd[k], rtol=0, atol=0)

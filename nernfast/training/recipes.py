@@ -11,6 +11,7 @@ noise_decoupled    phase1 reconstruction, then phase2 distillation on U(low, hig
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch.nn as nn
 from ..config import PhaseConfig, RunConfig, recipe_phases
 from ..models import copy_frozen
 from ..nern import NeRN
+from .bn_stats import recalibrated_shell
 from .context import Context
 from .objectives import PhaseNets, ReconTarget
 from .phase import evaluate_val, run_phase
@@ -69,19 +71,22 @@ class RecipeRunner:
         return self.ctx.original
 
     def phase(self, nern: NeRN, target_model: nn.Module, phase: PhaseConfig, stage: str, seed: int,
-              share_key: str | None = None) -> dict[str, Any]:
+              share_key: str | None = None, shell: nn.Module | None = None) -> dict[str, Any]:
         """Run (or restore) one phase on ``nern``; the kept predictor ends up in ``nern``. With
-        ``share_key``, an identical earlier run's result is reused (nernfast.training.shared)."""
+        ``share_key``, an identical earlier run's result is reused (nernfast.training.shared).
+        ``shell`` supplies the rebuilt network's BN/FC/unpredicted layers (default: ``target_model``,
+        which stays the reconstruction and feature-map target either way)."""
         if share_key is not None and stage not in self.state.data["done"]:
             shared = load_shared(share_key)
             if shared is not None:
                 self.ctx.logger.info(f"{stage}: reusing the identical phase 1 of an earlier run ({share_key})")
                 self.state.data["done"][stage] = {**shared, "shared_from": share_key}
         # L_fmd matches the features of the network being reconstructed, whatever gives the logits.
+        shell = target_model if shell is None else shell
         nets = PhaseNets(ReconTarget(nern.plan, nern.plan.weights_of(target_model), self.ctx.device),
-                         copy_frozen(target_model), self.distill_source(phase),
+                         copy_frozen(shell), self.distill_source(phase),
                          features=target_model if phase.fmd_weight else None)
-        eval_model = copy_frozen(target_model)
+        eval_model = copy_frozen(shell)
 
         def run(resume: dict | None, save: Any) -> dict[str, Any]:
             res = run_phase(self.ctx, nern, phase, nets, eval_model, stage, seed, resume, save)
@@ -106,12 +111,33 @@ class RecipeRunner:
         keys = recipe_phases(cfg.recipe)
         # Recipes with a phase after the first start from the same reconstruction: share it.
         share = phase1_key(self.ctx) if len(keys) > 1 and cfg.share_phase1 and self.ctx.world == 1 else None
+        shell = orig
         for i, key in enumerate(keys):  # phase i draws its batches from seed + i
             p = getattr(cfg, key)
-            res = self.phase(nern, orig, p, f"{key}-{p.name}", cfg.seed + i, share if i == 0 else None)
+            stage = f"{key}-{p.name}"
+            recalibration = None
+            if p.bn_recalibration:
+                shell, recalibration = self.recalibrate(nern, shell, p, stage, cfg.seed + i)
+            res = self.phase(nern, orig, p, stage, cfg.seed + i, share if i == 0 else None, shell)
+            if recalibration:
+                res["bn_recalibration"] = recalibration
             if res["diverged"]:
-                return RecipeResult(nern, orig, self.stages, res["diverged"])
-        return RecipeResult(nern, orig, self.stages)
+                return RecipeResult(nern, shell, self.stages, res["diverged"])
+        return RecipeResult(nern, shell, self.stages)
+
+    def recalibrate(self, nern: NeRN, shell: nn.Module, phase: PhaseConfig, stage: str, seed: int
+                    ) -> tuple[nn.Module, dict[str, Any]]:
+        """``shell`` with BN statistics re-estimated for ``nern``'s current network (nernfast.training.bn_stats).
+        Deterministic given the predictor, so a resumed run recomputes the same statistics."""
+        before = self.stages[-1]["val_acc"] if self.stages else None
+        # unaugmented: the statistics should be those of the images the network is evaluated on
+        loader = self.ctx.bundle.loader("train", phase.batch_size, shuffle=True, augment=False, seed=seed)
+        shell = recalibrated_shell(nern, shell, itertools.islice(loader, phase.bn_recalibration), self.ctx.device)
+        after, _ = evaluate_val(self.ctx, nern, copy_frozen(shell))
+        was = f" (was {100 * before:.2f} %)" if before is not None else ""
+        self.ctx.logger.info(f"{stage}: BatchNorm statistics re-estimated on {phase.bn_recalibration} training "
+                             f"batches: val {100 * after:.2f} %{was}")
+        return shell, {"batches": phase.bn_recalibration, "val_acc": after, "val_acc_before": before}
 
     def progressive(self) -> RecipeResult:
         cfg = self.cfg
