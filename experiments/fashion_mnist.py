@@ -72,7 +72,7 @@ def plan() -> list[Run]:
     runs = [Run(f"shipped-decoupled-s{s}", "decoupled", s) for s in range(3)]
     runs += [Run(f"shipped-teacher_decoupled-s{s}", "teacher_decoupled", s) for s in range(3)]
     runs += [Run("shipped-noise_decoupled-s0", "noise_decoupled")]
-    # before phase 2 re-estimated the BN statistics (nernfast.training.bn_stats): the same runs without it
+    # before phase 2 re-estimated the BN statistics (nernfast.bn_stats): the same runs without it
     no_recal = ("phase2.bn_recalibration=0",)
     runs += [Run(f"shipped-decoupled-no-bn-recal-s{s}", "decoupled", s, extra=no_recal) for s in range(2)]
     runs += [Run("shipped-teacher_decoupled-no-bn-recal-s0", "teacher_decoupled", extra=no_recal)]

@@ -126,6 +126,9 @@ def render(raw_dir: Path, out_dir: Path, page: Path) -> str:
         m, lo, hi = diff(runs, None)
         p1 = [stage(r, "phase1") or stage(r, "round1") for r in runs]
         p1s = "; ".join(pct(s["test_acc"]) for s in p1 if s) if recipe not in ("baseline", "recon_only") else "–"
+        recal = [st["bn_recalibration"]["val_acc"] for r in runs for st in r["stages"] if st.get("bn_recalibration")]
+        if recal:  # phase 2's start: the same network with BN statistics re-estimated (validation split)
+            p1s += " (BN re-est.: val " + "; ".join(pct(v) for v in recal) + ")"
         wall = sum(train_seconds(r) for r in runs) / len(runs) / 60
         lines.append(f"| {o} | {recipe} | {cr:.2f} | {variant or 'default'} | {len(runs)} | {pct(sum(accs) / len(accs))} "
                      f"({'; '.join(pct(a) for a in accs)}) | {interval(m, lo, hi)} | {p1s} | {wall:.1f} |")

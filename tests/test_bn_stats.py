@@ -1,5 +1,7 @@
-"""BatchNorm re-estimation for the rebuilt network (nernfast.training.bn_stats)."""
+"""BatchNorm re-estimation for the rebuilt network (nernfast.bn_stats) and where training uses it."""
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -7,7 +9,8 @@ import torch
 from nernfast.config import ConfigError, resolve
 from nernfast.models import build_model, copy_frozen
 from nernfast.nern import NeRN
-from nernfast.training.bn_stats import recalibrated_shell
+from nernfast.bn_stats import recalibrated
+from nernfast.data import get_dataset
 
 
 @pytest.fixture
@@ -23,14 +26,15 @@ def shell_and_nern():
 
 def test_statistics_are_those_of_the_rebuilt_network(shell_and_nern):
     shell, nern = shell_and_nern
-    batches = [(torch.randn(16, 1, 8, 8), torch.zeros(16)) for _ in range(3)]
+    bundle = get_dataset("digits", None, seed=0)
     before = {k: v.clone() for k, v in shell.state_dict().items()}
-    net = recalibrated_shell(nern, shell, batches, "cpu")
+    net = recalibrated(nern, shell, bundle, 3, "cpu", seed=5, batch_size=16)
+    batches = [x for x, _ in itertools.islice(bundle.loader("train", 16, shuffle=True, augment=False, seed=5), 3)]
     # The first BN sees the rebuilt first conv's output: its mean over all images, per channel
     # (equal batches, cumulative average), and the mean of the per-batch unbiased variances.
     rebuilt = copy_frozen(shell)
     nern.materialize_(rebuilt)
-    outs = [rebuilt.conv1(x) for x, _ in batches]
+    outs = [rebuilt.conv1(x) for x in batches]
     mean = torch.stack([o.mean((0, 2, 3)) for o in outs]).mean(0)
     var = torch.stack([o.transpose(0, 1).reshape(o.shape[1], -1).var(1) for o in outs]).mean(0)
     torch.testing.assert_close(net.bn1.running_mean, mean, rtol=1e-4, atol=1e-5)

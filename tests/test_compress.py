@@ -71,7 +71,7 @@ def test_recalibrated_bn_matches_the_batch_statistics_of_the_quantised_network(s
     first conv's output computed with the quantised predictor; the stored model is not touched."""
     import argparse
 
-    from nernfast.compress.bn import recalibrated
+    from nernfast.bn_stats import recalibrated
     from nernfast.compress.cli import _quantized_copy
     from nernfast.data import get_dataset
 

@@ -4,7 +4,7 @@ Reads a trained artefact (or a run directory holding ``nern.safetensors``), fine
 predictor through the quantiser for ``--steps`` steps (distillation from the artefact's own fp32
 network, kept by validation accuracy; ``--steps 0``: plain post-training quantisation), re-estimates
 the BN statistics with the quantised predictor before and after it (``--bn-batches``; kept only
-where validation accuracy rises: nernfast.compress.bn), chooses
+where validation accuracy rises: nernfast.bn_stats), chooses
 the BN/FC precision (``--rest auto``: fp16 when it does not lower the validation accuracy, else
 fp32), writes the compact artefact atomically (never over an existing file without
 ``--overwrite``), and prints the bytes of every part and the test accuracy before and after,
@@ -109,7 +109,7 @@ def better_bn(qnern: Any, current: torch.nn.Module, bundle: Any, args: argparse.
               device: torch.device) -> tuple[torch.nn.Module, dict]:
     """``current``'s BN statistics or ones re-estimated with the quantised ``qnern``, whichever
     gives the higher validation accuracy (ties keep ``current``); returns it and what was measured."""
-    from .bn import recalibrated
+    from ..bn_stats import recalibrated
     cand = recalibrated(qnern, current, bundle, args.bn_batches, device, args.seed)
     stored = copy.deepcopy(current).to(device)
     qnern.materialize_(stored)

@@ -11,17 +11,16 @@ noise_decoupled    phase1 reconstruction, then phase2 distillation on U(low, hig
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ..bn_stats import recalibrated
 from ..config import PhaseConfig, RunConfig, recipe_phases
 from ..models import copy_frozen
 from ..nern import NeRN
-from .bn_stats import recalibrated_shell
 from .context import Context
 from .objectives import PhaseNets, ReconTarget
 from .phase import evaluate_val, run_phase
@@ -127,12 +126,11 @@ class RecipeRunner:
 
     def recalibrate(self, nern: NeRN, shell: nn.Module, phase: PhaseConfig, stage: str, seed: int
                     ) -> tuple[nn.Module, dict[str, Any]]:
-        """``shell`` with BN statistics re-estimated for ``nern``'s current network (nernfast.training.bn_stats).
+        """``shell`` with BN statistics re-estimated for ``nern``'s current network (nernfast.bn_stats).
         Deterministic given the predictor, so a resumed run recomputes the same statistics."""
         before = self.stages[-1]["val_acc"] if self.stages else None
-        # unaugmented: the statistics should be those of the images the network is evaluated on
-        loader = self.ctx.bundle.loader("train", phase.batch_size, shuffle=True, augment=False, seed=seed)
-        shell = recalibrated_shell(nern, shell, itertools.islice(loader, phase.bn_recalibration), self.ctx.device)
+        shell = recalibrated(nern, shell, self.ctx.bundle, phase.bn_recalibration, self.ctx.device, seed,
+                             phase.batch_size)
         after, _ = evaluate_val(self.ctx, nern, copy_frozen(shell))
         was = f" (was {100 * before:.2f} %)" if before is not None else ""
         self.ctx.logger.info(f"{stage}: BatchNorm statistics re-estimated on {phase.bn_recalibration} training "
