@@ -72,12 +72,13 @@ def plan() -> list[Run]:
     runs = [Run(f"shipped-decoupled-s{s}", "decoupled", s) for s in range(3)]
     runs += [Run(f"shipped-teacher_decoupled-s{s}", "teacher_decoupled", s) for s in range(3)]
     runs += [Run("shipped-noise_decoupled-s0", "noise_decoupled")]
-    # before phase 2 re-estimated the BN statistics (nernfast.bn_stats): the same runs without it
-    no_recal = ("phase2.bn_recalibration=0",)
+    # before phase 2 re-estimated the BN statistics (nernfast.bn_stats) at lr 3e-5: the same runs without
+    # it, at the lr 1e-4 of that time, and with it at lr 1e-4 (docs/fashion-mnist-tuning.md, R1-R2)
+    no_recal = ("phase2.bn_recalibration=0", "phase2.lr=1e-4")
     runs += [Run(f"shipped-decoupled-no-bn-recal-s{s}", "decoupled", s, extra=no_recal) for s in range(2)]
     runs += [Run("shipped-teacher_decoupled-no-bn-recal-s0", "teacher_decoupled", extra=no_recal)]
-    # phase-2 learning rate once phase 2 starts from re-estimated statistics (docs/fashion-mnist-tuning.md, R2)
-    runs += [Run(f"shipped-{r}-lr3e-5-s0", r, extra=("phase2.lr=3e-5",)) for r in ("decoupled", "teacher_decoupled")]
+    runs += [Run("shipped-decoupled-lr1e-4-s1", "decoupled", 1, extra=("phase2.lr=1e-4",)),
+             Run("shipped-teacher_decoupled-lr1e-4-s0", "teacher_decoupled", extra=("phase2.lr=1e-4",))]
     return _earlier() + runs
 
 
