@@ -114,28 +114,23 @@ class RecipeRunner:
         for i, key in enumerate(keys):  # phase i draws its batches from seed + i
             p = getattr(cfg, key)
             stage = f"{key}-{p.name}"
-            recalibration = None
             if p.bn_recalibration:
-                shell, recalibration = self.recalibrate(nern, shell, p, stage, cfg.seed + i)
+                shell = self.recalibrate(nern, shell, p, stage, cfg.seed + i)
             res = self.phase(nern, orig, p, stage, cfg.seed + i, share if i == 0 else None, shell)
-            if recalibration:
-                res["bn_recalibration"] = recalibration
+            if p.bn_recalibration:  # the phase's step-0 evaluation measured the re-estimated network
+                res["bn_recalibration"] = {"batches": p.bn_recalibration, "val_acc": res["history"][0]["val_acc"],
+                                           "val_acc_before": self.stages[-2]["val_acc"] if i else None}
             if res["diverged"]:
                 return RecipeResult(nern, shell, self.stages, res["diverged"])
         return RecipeResult(nern, shell, self.stages)
 
-    def recalibrate(self, nern: NeRN, shell: nn.Module, phase: PhaseConfig, stage: str, seed: int
-                    ) -> tuple[nn.Module, dict[str, Any]]:
+    def recalibrate(self, nern: NeRN, shell: nn.Module, phase: PhaseConfig, stage: str, seed: int) -> nn.Module:
         """``shell`` with BN statistics re-estimated for ``nern``'s current network (nernfast.bn_stats).
         Deterministic given the predictor, so a resumed run recomputes the same statistics."""
-        before = self.stages[-1]["val_acc"] if self.stages else None
-        shell = recalibrated(nern, shell, self.ctx.bundle, phase.bn_recalibration, self.ctx.device, seed,
-                             phase.batch_size)
-        after, _ = evaluate_val(self.ctx, nern, copy_frozen(shell))
-        was = f" (was {100 * before:.2f} %)" if before is not None else ""
-        self.ctx.logger.info(f"{stage}: BatchNorm statistics re-estimated on {phase.bn_recalibration} training "
-                             f"batches: val {100 * after:.2f} %{was}")
-        return shell, {"batches": phase.bn_recalibration, "val_acc": after, "val_acc_before": before}
+        self.ctx.logger.info(f"{stage}: re-estimating BatchNorm statistics on {phase.bn_recalibration} training "
+                             "batches (the phase's step 0 evaluates the result)")
+        return recalibrated(nern, shell, self.ctx.bundle, phase.bn_recalibration, self.ctx.device, seed,
+                            phase.batch_size)
 
     def progressive(self) -> RecipeResult:
         cfg = self.cfg
