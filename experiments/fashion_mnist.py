@@ -71,14 +71,19 @@ def plan() -> list[Run]:
     (their raw files exist, so they are not repeated)."""
     runs = [Run(f"shipped-decoupled-s{s}", "decoupled", s) for s in range(3)]
     runs += [Run(f"shipped-teacher_decoupled-s{s}", "teacher_decoupled", s) for s in range(3)]
-    runs += [Run("shipped-noise_decoupled-s0", "noise_decoupled")]
+    runs += [Run("shipped-baseline-s0", "baseline"), Run("shipped-noise_decoupled-s0", "noise_decoupled")]
+    # Earlier phase 1: the l2 loss's scale re-measured at evaluations only, the kept step chosen by validation
+    # accuracy with the original's BN statistics (docs/fashion-mnist-tuning.md, S1). Every run below used it.
+    old_phase1 = ("phase1.l2_scale_every=0", "phase1.select=val_acc")
+    runs += [Run(f"shipped-{r}-l2-scale-at-evals-s{s}", r, s, extra=old_phase1)
+             for r in ("decoupled", "teacher_decoupled") for s in range(3)]
     # before phase 2 re-estimated the BN statistics (nernfast.bn_stats) at lr 3e-5: the same runs without
     # it, at the lr 1e-4 of that time, and with it at lr 1e-4 (docs/fashion-mnist-tuning.md, R1-R2)
-    no_recal = ("phase2.bn_recalibration=0", "phase2.lr=1e-4")
+    no_recal = old_phase1 + ("phase2.bn_recalibration=0", "phase2.lr=1e-4")
     runs += [Run(f"shipped-decoupled-no-bn-recal-s{s}", "decoupled", s, extra=no_recal) for s in range(2)]
     runs += [Run("shipped-teacher_decoupled-no-bn-recal-s0", "teacher_decoupled", extra=no_recal)]
-    runs += [Run("shipped-decoupled-lr1e-4-s1", "decoupled", 1, extra=("phase2.lr=1e-4",)),
-             Run("shipped-teacher_decoupled-lr1e-4-s0", "teacher_decoupled", extra=("phase2.lr=1e-4",))]
+    runs += [Run("shipped-decoupled-lr1e-4-s1", "decoupled", 1, extra=old_phase1 + ("phase2.lr=1e-4",)),
+             Run("shipped-teacher_decoupled-lr1e-4-s0", "teacher_decoupled", extra=old_phase1 + ("phase2.lr=1e-4",))]
     return _earlier() + runs
 
 

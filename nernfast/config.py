@@ -74,6 +74,8 @@ class PhaseConfig:
     schedule: str = "cosine"             # cosine | constant
     lr_warmup_steps: int = 0             # linear learning-rate warm-up before the schedule
     recon_loss: str = "l2"               # l2 (NeRN's L2Loss) | mse
+    l2_scale_every: int = 0              # steps between re-measurements of the l2 loss's scale (the full
+                                         # reconstruction error; nernfast.training.objectives); 0: at evaluations
     recon_weight: float = 1.0
     fmd_weight: float = 0.0              # alpha: feature-map distillation
     kd_weight: float = 0.0               # beta: logit distillation
@@ -91,7 +93,7 @@ class PhaseConfig:
     weights_batch_method: str = "random_weighted_batch"
     weights_batch_size: int = 4096
     eval_every: int = 250
-    select: str = "val_acc"              # val_acc | last | noise_kd
+    select: str = "val_acc"              # val_acc | recon_l2 | last | noise_kd (nernfast.training.phase)
     patience: int = 0                    # evaluations without improvement before stopping (0: never)
     checkpoint_every: int = 250
 

@@ -67,6 +67,7 @@ RANGES: dict[str, Range] = {
     "phase.warmup_steps": NONNEGATIVE,
     "phase.batch_size": at_least(1),
     "phase.bn_recalibration": NONNEGATIVE,
+    "phase.l2_scale_every": NONNEGATIVE,
     "phase.noise_low": ANY,               # below noise_high (checked with it)
     "phase.noise_high": ANY,
     "phase.weights_batch_size": at_least(1),  # capped at the plan's row count once the plan is known
@@ -100,7 +101,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "phase.optimizer": OPTIMIZERS, "phase.schedule": SCHEDULES, "phase.recon_loss": RECON_LOSSES,
         "phase.kd_loss": KD_LOSSES, "phase.data": ("none", "dataset", "noise"),
         "phase.distill_from": ("original", "teacher"), "phase.weights_batch_method": BATCH_METHODS,
-        "phase.select": ("val_acc", "last", "noise_kd"),
+        "phase.select": ("val_acc", "recon_l2", "last", "noise_kd"),
     }
 
 

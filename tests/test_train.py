@@ -341,3 +341,33 @@ def test_no_recalibration_keeps_the_original_statistics(nets, tmp_path):
     for k, v in model.state_dict().items():
         if "running" in k:
             torch.testing.assert_close(v, sd[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("every, expected", [(4, [4, 8]), (0, [])])
+def test_l2_scale_is_remeasured_between_evaluations(nets, tmp_path, monkeypatch, every, expected):
+    """phase.l2_scale_every re-measures the linearised l2 loss's scale (the full reconstruction error)
+    at every multiple that is not an evaluation (12 steps, evaluations at 6 and 12); 0 leaves it to
+    the evaluations."""
+    seen, real = [], phase_mod._PhaseLoop.refresh_scale
+
+    def spy(self):
+        real(self)
+        exact = self.nets.target.error(self.nern.rows())["sq_error"]
+        seen.append((self.step, self.nets.target.sq_error, exact))
+    monkeypatch.setattr(phase_mod._PhaseLoop, "refresh_scale", spy)
+    train_cli.run(tiny_cfg("recon_only", nets, tmp_path, [f"phase1.l2_scale_every={every}"]), progress=False)
+    assert [step for step, _, _ in seen] == expected
+    for _, scale, exact in seen:
+        assert scale == pytest.approx(exact, rel=1e-6)
+
+
+def test_recon_l2_selection_keeps_the_lowest_reconstruction_error(nets, tmp_path):
+    """select: recon_l2 keeps the evaluation point with the lowest full error (validation still reported)."""
+    res = train_cli.run(tiny_cfg("recon_only", nets, tmp_path, ["phase1.select=recon_l2", "phase1.eval_every=3",
+                                                                 "phase1.lr=0.05"]), progress=False)
+    stage = res["stages"][0]
+    hist = stage["history"]
+    assert all("val_acc" in h for h in hist)
+    best = min(hist, key=lambda h: h["recon_l2"])
+    assert stage["best_step"] == best["step"]
+    assert stage["recon_l2"] == pytest.approx(best["recon_l2"], rel=1e-5)
