@@ -5,11 +5,13 @@ never rebuild the network (a reconstruction step needs neither data nor the othe
 - ``mse`` (mean over layers of per-layer MSE) is a sum of per-row terms, so the shortcut's gradient
   is exactly that of the full computation.
 - ``l2`` (NeRN's sqrt(S / M), S the total squared error over all M weights) couples the rows through
-  S: dL/de_r = e_r / sqrt(S * M). The shortcut uses S as measured at the last evaluation point (the
-  full network is rebuilt there anyway), so the gradient direction is exact and its scale is off by
-  sqrt(S_now / S_refresh). ``ReconTarget.refresh`` returns that factor for the interval just ended;
-  the trainer logs it (``l2_scale_drift``) so the bound is measured, not assumed. Ranger/Adam
-  normalise the step per parameter, so a slowly drifting scale barely changes the update.
+  S: dL/de_r = e_r / sqrt(S * M). The shortcut uses S as measured last (at evaluation points and
+  every ``phase.l2_scale_every`` steps), so the gradient direction is exact and its scale is off by
+  sqrt(S_now / S_refresh). ``ReconTarget.refresh`` returns that factor since the last re-measurement;
+  the trainer logs it at evaluations (``l2_scale_drift``) so the bound is measured, not assumed.
+  Ranger/Adam normalise the step per parameter, so a slowly drifting scale barely changes the
+  update; a sudden one does (a 2-3x jump at a reconstruction phase's first evaluation acted as a
+  learning-rate spike: docs/fashion-mnist-tuning.md, S1), hence the frequent re-measurement.
 """
 from __future__ import annotations
 
