@@ -1,6 +1,7 @@
 """The README's table of what each recipe gives on the embedded default, regenerated from scratch.
 
     python experiments/digits_table.py          # (make readme-table) runs, then rewrites the README table
+    python experiments/digits_table.py --only noise_decoupled-s0   # one row again
 
 Each recipe runs with its shipped settings (``python -m nernfast.train --recipe R``), seed 0, and
 teacher_decoupled (``make demo``) also with seeds 1 and 2, in an empty ``NERNFAST_CACHE``: the first
@@ -26,11 +27,13 @@ ORDER = [("teacher_decoupled", 0), ("teacher_decoupled", 1), ("teacher_decoupled
          ("noise_decoupled", 0), ("recon_only", 0), ("baseline", 0), ("progressive", 0)]
 
 
-def run_all(cache: str) -> None:
+def run_all(cache: str, only: list[str] | None = None) -> None:
     env = {**os.environ, "NERNFAST_CACHE": cache}
     RAW.mkdir(parents=True, exist_ok=True)
     for recipe, seed in ORDER:
         name = f"{recipe}-s{seed}"
+        if only and name not in only:
+            continue
         t0 = time.time()
         cmd = [sys.executable, "-m", "nernfast.train", "--recipe", recipe, "--seed", str(seed), "--no-progress",
                "--eval", "quick", "--overwrite", "--out", str(RUNS / name)]
@@ -76,8 +79,11 @@ def table() -> str:
 
 def main() -> int:
     if "--render" not in sys.argv:
+        # --only NAME ...: rerun these rows alone (e.g. after a change to one recipe's settings), still from an
+        # empty cache, so each row is what the full command gives
+        only = sys.argv[sys.argv.index("--only") + 1:] if "--only" in sys.argv else None
         with tempfile.TemporaryDirectory(prefix="nernfast-cache-") as cache:
-            run_all(cache)
+            run_all(cache, only)
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START not in text or END not in text:
