@@ -71,7 +71,8 @@ def plan() -> list[Run]:
     (their raw files exist, so they are not repeated)."""
     runs = [Run(f"shipped-decoupled-s{s}", "decoupled", s) for s in range(3)]
     runs += [Run(f"shipped-teacher_decoupled-s{s}", "teacher_decoupled", s) for s in range(3)]
-    runs += [Run("shipped-baseline-s0", "baseline"), Run("shipped-noise_decoupled-s0", "noise_decoupled")]
+    runs += [Run("shipped-baseline-s0", "baseline"), Run("shipped-recon_only-s0", "recon_only"),
+             Run("shipped-noise_decoupled-s0", "noise_decoupled")]
     # Earlier phase 1: the l2 loss's scale re-measured at evaluations only, the kept step chosen by validation
     # accuracy with the original's BN statistics (docs/fashion-mnist-tuning.md, S1). Every run below used it.
     old_phase1 = ("phase1.l2_scale_every=0", "phase1.select=val_acc")
