@@ -170,6 +170,12 @@ class _PhaseLoop:
             loss = target.fast_loss(nern, idx, phase.recon_loss) * phase.recon_weight
         return loss, {"loss": float(loss.detach())}
 
+    def uses_l2_scale(self) -> bool:
+        """Whether the coming steps read the scale: only the fast path's l2 loss does (data steps compute
+        the reconstruction loss on the full weights, mse has no scale)."""
+        fast = not self.data_phase or self.step < self.phase.warmup_steps
+        return bool(self.phase.l2_scale_every) and self.phase.recon_loss == "l2" and fast
+
     def refresh_scale(self) -> None:
         """Re-measure the l2 loss's scale between evaluations: the gradient of the linearised l2 loss is
         divided by the full error measured last, so a rare re-measurement scales it in one jump (2.2-3.0x
@@ -219,7 +225,7 @@ class _PhaseLoop:
             evaluating = self.step % phase.eval_every == 0 or self.step == phase.steps
             if evaluating and self.evaluate(parts):
                 break
-            if not evaluating and phase.l2_scale_every and self.step % phase.l2_scale_every == 0:
+            if not evaluating and self.uses_l2_scale() and self.step % phase.l2_scale_every == 0:
                 self.refresh_scale()
             if save is not None and (self.step % phase.checkpoint_every == 0) and self.step < phase.steps:
                 save(self.snapshot())
