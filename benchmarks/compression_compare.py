@@ -71,7 +71,9 @@ def measure_artefact(path: str, bundle) -> dict:
     elif scheme["weights"] == "fp32":
         method, setting = "nernfast fp32 (format 2, lossless)", f"H{hidden}"
     else:
-        method, setting = f"nernfast compact {scheme['weights']}", f"H{hidden} {scheme['weights']} BN/FC {scheme['rest']}"
+        groups = f" g{scheme['group']}" if scheme["weights"] != "int8" and scheme.get("group") else ""
+        method = f"nernfast compact {scheme['weights']}{groups}"
+        setting = f"H{hidden} {scheme['weights']}{groups} BN/FC {scheme['rest']}"
     size = Path(path).stat().st_size
     bn = file_parts(path).get("model") if fmt != "nernfast-artefact-1" else None
     return {"method": method, "setting": setting, "source": path, "hidden": hidden, "format": fmt,

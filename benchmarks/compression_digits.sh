@@ -5,13 +5,7 @@
 #   bash benchmarks/compression_digits.sh            (from the repository root, after `make setup`)
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
-NNC=${NNCODEC_VENV:-../nncodec-venv}
-if [ ! -x "$NNC/bin/python" ] || ! "$NNC/bin/python" -c "import nncodec" 2>/dev/null; then
-  python3.11 -m venv "$NNC"
-  # NNCodec 2.1.3 builds C++ at install and pins numpy<2; torchvision's ops must match the torch build.
-  "$NNC/bin/pip" install torch==2.14.1 torchvision==0.29.1 "numpy<2"
-  "$NNC/bin/pip" install nncodec==2.1.3
-fi
+source benchmarks/nncodec_venv.sh
 for H in 140 64; do for S in 0 1 2; do
   d=runs/cmp/h$H-s$S
   [ -s $d/nern.safetensors ] || $PY -m nernfast.train --recipe decoupled --hidden $H --seed $S --out $d --no-progress

@@ -11,7 +11,8 @@ core (``taskset -c $NERNFAST_EXPERIMENT_CORE``, default 0). Two invocations with
 on the other core slows a run by ~10-30 %, which its wall time includes). Outputs go to
 ``runs/fashion-mnist/<name>`` (artefacts, logs); each finished run's results.json is copied to
 ``docs/fashion-mnist/raw/<name>.json`` (the per-step history kept, the per-image outcomes kept for
-paired intervals), which is all the renderer reads. A run whose raw file exists is not repeated.
+paired intervals), which is all the renderer reads. A run whose raw file exists is not repeated; one whose run directory
+already holds results.json (its launcher stopped) is collected, not repeated.
 
 Three originals: ``shipped``, the ResNet-20 that ships with nernfast (nernfast/pretrained; what
 ``--config fashion_mnist.yaml`` uses on every machine); ``pretrain``, the one the earlier runs used,
@@ -72,7 +73,13 @@ def plan() -> list[Run]:
     runs = [Run(f"shipped-decoupled-s{s}", "decoupled", s) for s in range(3)]
     runs += [Run(f"shipped-teacher_decoupled-s{s}", "teacher_decoupled", s) for s in range(3)]
     runs += [Run("shipped-baseline-s0", "baseline"), Run("shipped-recon_only-s0", "recon_only"),
-             Run("shipped-noise_decoupled-s0", "noise_decoupled")]
+             Run("shipped-noise_decoupled-s0", "noise_decoupled"),
+             # CR > 1: a step at H280 costs ~2.5x one at H140, so half recon_only's steps keep the budget
+             Run("shipped-recon_only-h280-s0", "recon_only", hidden=280, extra=("phase1.steps=40000",)),
+             Run("shipped-progressive-s0", "progressive")]
+    # an original nernfast.pretrain did not make (experiments/plain_original.py), with today's defaults
+    runs += [Run(f"plain-{r}-s0", r, original="plain") for r in ("decoupled", "teacher_decoupled", "baseline",
+                                                                  "recon_only")]
     # Earlier phase 1: the l2 loss's scale re-measured at evaluations only, the kept step chosen by validation
     # accuracy with the original's BN statistics (docs/fashion-mnist-tuning.md, S1). Every run below used it.
     old_phase1 = ("phase1.l2_scale_every=0", "phase1.select=val_acc")
@@ -101,8 +108,10 @@ def _earlier() -> list[Run]:
              Run("decoupled-float32-s0", "decoupled", extra=("precision=float32",)),
              Run("decoupled-h113-s0", "decoupled", hidden=113)]
     runs = [replace(r, original="pretrain") for r in runs]
-    runs += [Run(f"plain-{r}-s0", r, original="plain") for r in ("decoupled", "teacher_decoupled", "baseline",
-                                                                  "recon_only")]
+    # the plain original before phase 2 re-estimated BN statistics (lr 1e-4 then), phase 1 as of that time
+    runs += [Run("plain-decoupled-no-bn-recal-s0", "decoupled", original="plain",
+                 extra=("phase1.l2_scale_every=0", "phase1.select=val_acc", "phase2.bn_recalibration=0",
+                        "phase2.lr=1e-4"))]
     return runs
 
 
@@ -119,8 +128,11 @@ def train(run: Run) -> None:
         print(f"training the independent original {PLAIN} (experiments/plain_original.py)", flush=True)
         subprocess.run(pinned_prefix() + [sys.executable, str(ROOT / "experiments" / "plain_original.py"), str(PLAIN)],
                        check=True)
+    if (RUNS / run.name / "results.json").exists():  # finished, not yet collected (e.g. its launcher stopped)
+        collect(run)
+        return
     # an interrupted run (its state saved, no results yet) continues where it stopped
-    resume = (RUNS / run.name / "train_state.pt").exists() and not (RUNS / run.name / "results.json").exists()
+    resume = (RUNS / run.name / "train_state.pt").exists()
     print(f"run {run.name}: python -m nernfast.train {' '.join(run.args(resume))}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     (RUNS / run.name).parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +141,12 @@ def train(run: Run) -> None:
                               stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
         raise SystemExit(f"run {run.name} failed (exit {code}); see {RUNS / f'{run.name}.log'}")
+    collect(run)
+
+
+def collect(run: Run) -> None:
+    """Copy a finished run's results.json, with what the renderer needs to group it, to its raw file."""
+    raw = RAW / f"{run.name}.json"
     res = json.loads((RUNS / run.name / "results.json").read_text())
     res["run"] = {"name": run.name, "group": run.name.rsplit("-s", 1)[0], "recipe": run.recipe, "seed": run.seed,
                   "hidden": run.hidden,

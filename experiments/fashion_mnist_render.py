@@ -107,7 +107,7 @@ def render(raw_dir: Path, out_dir: Path, page: Path) -> str:
         lines.append(f"| original ({o}) | {pct(r['original']['accuracy'])} | `{source}` |")
     teachers = {}  # one row per original that a teacher run distilled from
     for r in raw.values():
-        if r.get("teacher") and r["run"]["original"] != "plain":
+        if r.get("teacher"):
             teachers.setdefault(r["run"]["original"], r)
     for o, r in sorted(teachers.items(), key=lambda kv: ORIGINALS.index(kv[0])):
         tc = r.get("teacher_check") or {}

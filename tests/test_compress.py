@@ -57,6 +57,8 @@ def test_compress_cli_end_to_end(source, tmp_path, capsys):
     assert res["test_acc_after"] == acc
     meta, _ = nernfast.artefact.read_artefact(out)
     assert meta["codec"]["scheme"]["weights"] == "int4" and meta["metrics"]["compress"]["qat_steps"] == 3
+    # the fine-tune's curve is reported, not stored in the artefact
+    assert [s for s, _ in res["qat_history"]] == [0, 1, 2, 3] and "qat_history" not in meta["metrics"]["compress"]
     assert out.stat().st_size < (source / "nern.safetensors").stat().st_size
 
     before = out.read_bytes()
@@ -99,3 +101,21 @@ def test_compress_cli_refuses_a_missing_source(tmp_path, capsys):
     rc = main([str(tmp_path / "nope"), "--out", str(tmp_path / "x.safetensors")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and "no artefact there" in err
+
+
+def test_comparison_keeps_group_sizes_apart(source, tmp_path):
+    """benchmarks/compression_compare.py: int7 in groups of 64 and of 128 are two settings, not one averaged point."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from compression_compare import aggregate, measure_artefact
+    from nernfast.data import get_dataset
+    bundle = get_dataset("digits", None, seed=0)
+    rows = []
+    for g in (64, 128):
+        out = tmp_path / f"g{g}.nern"
+        assert main([str(source), "--out", str(out), "--bits", "7", "--group", str(g), "--steps", "0",
+                     "--bn-batches", "0", "--rest", "fp16", "--no-progress"]) == 0
+        rows.append(measure_artefact(str(out), bundle))
+    assert [r["setting"] for r in rows] == ["H12 int7 g64 BN/FC fp16", "H12 int7 g128 BN/FC fp16"]
+    assert sorted(p["n"] for p in aggregate(rows)) == [1, 1]

@@ -151,16 +151,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     info = {"source": str(src), "scheme": asdict(scheme),
             "qat_steps": args.steps, "qat_lr": args.lr, "qat_kept_step": tune and tune["best_step"],
             "qat_val_acc": tune and tune.get("val_acc"),
-            "qat_history": [[h["step"], h.get("val_acc")] for h in tune["history"]] if tune else [],
             "bn_batches": args.bn_batches, "bn_reestimation": bn_info,
             "rest_choice": rest_info, "test_acc_before": before}
+    # the file keeps what made it; the fine-tune's curve (~0.4 kB coded) goes to --json only
     metrics = dict(meta.get("metrics") or {}, compress=info)
     save_artefact(out, nern.cpu(), student.cpu(), meta.get("architecture"), cfg, metrics, scheme=scheme,
                   overwrite=args.overwrite)
     after = _accuracy(load(out, device=device), bundle, "test", device)
     sizes = file_parts(out)
     conv_bytes = nern.plan.numel * 4
-    res = {**info, "out": str(out), "test_acc_after": after, "sizes": summary(sizes), "conv_fp32_bytes": conv_bytes,
+    res = {**info, "qat_history": [[h["step"], h.get("val_acc")] for h in tune["history"]] if tune else [],
+           "out": str(out), "test_acc_after": after, "sizes": summary(sizes), "conv_fp32_bytes": conv_bytes,
            "source_bytes": src.stat().st_size, "seconds": round(time.perf_counter() - t0, 1)}
     print(parts_table(sizes, conv_bytes))
     print(f"test accuracy: {100 * before:.2f} % before (fp32 artefact, {src.stat().st_size:,} bytes), "
