@@ -14,12 +14,13 @@ on the other core slows a run by ~10-30 %, which its wall time includes). Output
 paired intervals), which is all the renderer reads. A run whose raw file exists is not repeated; one whose run directory
 already holds results.json (its launcher stopped) is collected, not repeated.
 
-Three originals: ``shipped``, the ResNet-20 that ships with nernfast (nernfast/pretrained; what
+Four originals: ``shipped``, the ResNet-20 that ships with nernfast (nernfast/pretrained; what
 ``--config fashion_mnist.yaml`` uses on every machine); ``pretrain``, the one the earlier runs used,
 trained by ``nernfast.pretrain`` on an AMD EPYC machine and not kept (pinned pretraining repeats per
 CPU vendor only, nernfast.shipped: its runs are kept as they ran); and ``plain``, a ResNet-20 trained
 by an independent script of a different recipe (experiments/plain_original.py), given as
-``--original`` like a user's own checkpoint. Intervals are 95 %: for a difference between two methods
+``--original`` like a user's own checkpoint (``plain-epyc``: that script's file as an AMD EPYC machine made it,
+which the first plain run used; like ``pretrain`` it is not kept). Intervals are 95 %: for a difference between two methods
 (or a method and the original) the wider of the seed t-interval and the per-image paired interval
 (nernfast.analysis.stats.combined_paired_diff), as docs/results.md does.
 """
@@ -48,7 +49,7 @@ class Run:
     recipe: str
     seed: int = 0
     hidden: int | None = None      # None: the config's (140: CR 0.35)
-    original: str = "shipped"      # shipped | pretrain (the earlier runs') | plain
+    original: str = "shipped"      # shipped | pretrain (the earlier runs') | plain | plain-epyc (its AMD EPYC make)
     extra: tuple[str, ...] = field(default_factory=tuple)
     full_eval: bool = False        # + FGSM, I-FGSM and the 40 corruption sets (about 5 minutes more)
 
@@ -58,7 +59,7 @@ class Run:
              "--eval", "full" if self.full_eval else "quick"]
         if self.hidden is not None:
             a += ["--hidden", str(self.hidden)]
-        if self.original == "plain":
+        if self.original.startswith("plain"):
             a += ["--original", str(PLAIN)]
         for s in self.extra:
             a += ["--set", s]
@@ -76,7 +77,9 @@ def plan() -> list[Run]:
              Run("shipped-noise_decoupled-s0", "noise_decoupled"),
              # CR > 1: a step at H280 costs ~2.5x one at H140, so half recon_only's steps keep the budget
              Run("shipped-recon_only-h280-s0", "recon_only", hidden=280, extra=("phase1.steps=40000",)),
-             Run("shipped-progressive-s0", "progressive")]
+             Run("shipped-progressive-s0", "progressive"),
+             # the largest predictor whose int8 artefact fits 10 % of the conv bytes (docs/compression.md)
+             Run("shipped-teacher_decoupled-h135-s0", "teacher_decoupled", hidden=135)]
     # an original nernfast.pretrain did not make (experiments/plain_original.py), with today's defaults
     runs += [Run(f"plain-{r}-s0", r, original="plain") for r in ("decoupled", "teacher_decoupled", "baseline",
                                                                   "recon_only")]
@@ -109,7 +112,7 @@ def _earlier() -> list[Run]:
              Run("decoupled-h113-s0", "decoupled", hidden=113)]
     runs = [replace(r, original="pretrain") for r in runs]
     # the plain original before phase 2 re-estimated BN statistics (lr 1e-4 then), phase 1 as of that time
-    runs += [Run("plain-decoupled-no-bn-recal-s0", "decoupled", original="plain",
+    runs += [Run("plain-epyc-decoupled-no-bn-recal-s0", "decoupled", original="plain-epyc",
                  extra=("phase1.l2_scale_every=0", "phase1.select=val_acc", "phase2.bn_recalibration=0",
                         "phase2.lr=1e-4"))]
     return runs
@@ -120,11 +123,11 @@ def pinned_prefix() -> list[str]:
     return ["taskset", "-c", env_core] if shutil.which("taskset") else []
 
 
-def train(run: Run) -> None:
+def train(run: Run, need_artefact: bool = False) -> None:
     raw = RAW / f"{run.name}.json"
-    if raw.exists():
+    if raw.exists() and not (need_artefact and not (RUNS / run.name / "nern.safetensors").exists()):
         return
-    if run.original == "plain" and not PLAIN.exists():
+    if run.original.startswith("plain") and not PLAIN.exists():
         print(f"training the independent original {PLAIN} (experiments/plain_original.py)", flush=True)
         subprocess.run(pinned_prefix() + [sys.executable, str(ROOT / "experiments" / "plain_original.py"), str(PLAIN)],
                        check=True)
@@ -161,12 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--render", action="store_true", help="only render docs/fashion-mnist.md from the raw files")
     p.add_argument("--only", nargs="*", help="train only these runs (names as in plan())")
+    p.add_argument("--need-artefacts", action="store_true",
+                   help="also rerun runs whose raw file exists but whose artefact is not on this machine (the "
+                        "compression comparison reads them; their raw files are replaced)")
     a = p.parse_args(argv)
     if not a.render:
         for run in plan():
             if a.only and run.name not in a.only:
                 continue
-            train(run)
+            train(run, a.need_artefacts)
     sys.path.insert(0, str(ROOT / "experiments"))
     from fashion_mnist_render import render
     print(render(RAW, DOCS, ROOT / "docs" / "fashion-mnist.md"))
