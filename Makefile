@@ -5,7 +5,7 @@ VPY       := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 STAMP     := $(VENV)/.nernfast-installed
 
-.PHONY: demo test bench bench-tta data fashion-mnist readme-table check-cuda ctest setup clean
+.PHONY: demo test bench bench-tta data fashion-mnist compression compression-fashion-mnist readme-table check-cuda ctest setup clean
 
 $(VENV)/.deps: Makefile pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -33,6 +33,13 @@ data:
 # cores; resumable run by run), then renders the page. RENDER=1 only renders.
 fashion-mnist: $(STAMP) data
 	$(VPY) experiments/fashion_mnist.py $(if $(RENDER),--render,)
+
+# The compression comparisons of docs/compression.md (NNCodec in its own virtualenv, ../nncodec-venv; the runs
+# and compact artefacts they need, skipping what exists): digits, and Fashion-MNIST (needs its runs' artefacts).
+compression: $(STAMP)
+	PY=$(VPY) bash benchmarks/compression_digits.sh
+compression-fashion-mnist: $(STAMP) data
+	PY=$(VPY) bash benchmarks/compression_fashion_mnist.sh
 
 # The README's table of the recipes on the embedded default, regenerated from an empty cache.
 readme-table: $(STAMP)

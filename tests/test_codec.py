@@ -204,3 +204,14 @@ def test_compact_schemes_decode_to_the_quantiser_and_stated_precision(weights, r
     assert t2["model.fc.weight"].dtype == torch.float32
     assert torch.equal(t2["model.bn.num_batches_tracked"], tensors["model.bn.num_batches_tracked"])
     assert torch.equal(t2["plan.perm"], tensors["plan.perm"]) and torch.equal(t2["encoding.B"], tensors["encoding.B"])
+
+
+@pytest.mark.skipif(not torchao_available(), reason="torchao not installed")
+def test_quantising_with_torchao_prints_nothing():
+    """torchao's import logs a torch pytree deprecation warning; nernfast.compress users should not see it."""
+    import subprocess
+    import sys
+    code = "import torch; from nernfast.codec.quant import quantize; quantize(torch.randn(4, 64), 7, 64)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and proc.stdout == ""

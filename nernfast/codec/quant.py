@@ -17,6 +17,7 @@ a straight-through gradient, for the quantisation-aware fine-tune.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -73,8 +74,22 @@ def quantize_reference(w: torch.Tensor, bits: int, group: int | None = None) -> 
     return Quantized(q.view(out, -1)[:, :cols].to(torch.int8).contiguous(), scale, bits, g)
 
 
+def _torchao_primitives():
+    """torchao's quant_primitives module. Importing torchao logs a deprecation warning from torch's pytree
+    registry (torchao registers an Enum as a pytree constant): not the user's concern, so it is muted here."""
+    log = logging.getLogger("torch.utils._pytree")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torchao.quantization import quant_primitives
+    finally:
+        log.setLevel(level)
+    return quant_primitives
+
+
 def _quantize_torchao(w: torch.Tensor, bits: int, group: int | None) -> Quantized:
-    from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, quantize_affine
+    qp = _torchao_primitives()
+    MappingType, choose_qparams_affine, quantize_affine = qp.MappingType, qp.choose_qparams_affine, qp.quantize_affine
     qmin, qmax = qrange(bits)
     g = block_size(w, bits, group)
     out, cols = w.shape
@@ -89,7 +104,7 @@ def _quantize_torchao(w: torch.Tensor, bits: int, group: int | None) -> Quantize
 
 def torchao_available() -> bool:
     try:
-        import torchao.quantization.quant_primitives  # noqa: F401
+        _torchao_primitives()
     except Exception:  # not installed, or built for another torch
         return False
     return True
