@@ -124,8 +124,8 @@ def pinned_prefix() -> list[str]:
 
 
 def train(run: Run, need_artefact: bool = False) -> None:
-    raw = RAW / f"{run.name}.json"
-    if raw.exists() and not (need_artefact and not (RUNS / run.name / "nern.safetensors").exists()):
+    have_artefact = (RUNS / run.name / "nern.safetensors").exists()
+    if (RAW / f"{run.name}.json").exists() and (have_artefact or not need_artefact):
         return
     if run.original.startswith("plain") and not PLAIN.exists():
         print(f"training the independent original {PLAIN} (experiments/plain_original.py)", flush=True)

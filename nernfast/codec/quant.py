@@ -17,6 +17,7 @@ a straight-through gradient, for the quantisation-aware fine-tune.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -74,9 +75,10 @@ def quantize_reference(w: torch.Tensor, bits: int, group: int | None = None) -> 
     return Quantized(q.view(out, -1)[:, :cols].to(torch.int8).contiguous(), scale, bits, g)
 
 
+@functools.cache
 def _torchao_primitives():
-    """torchao's quant_primitives module. Importing torchao logs a deprecation warning from torch's pytree
-    registry (torchao registers an Enum as a pytree constant): not the user's concern, so it is muted here."""
+    """torchao's quant_primitives module (imported once). Importing torchao logs a deprecation warning from
+    torch's pytree registry (torchao registers an Enum as a pytree constant): not the user's concern, muted."""
     log = logging.getLogger("torch.utils._pytree")
     level = log.level
     log.setLevel(logging.ERROR)
@@ -89,16 +91,15 @@ def _torchao_primitives():
 
 def _quantize_torchao(w: torch.Tensor, bits: int, group: int | None) -> Quantized:
     qp = _torchao_primitives()
-    MappingType, choose_qparams_affine, quantize_affine = qp.MappingType, qp.choose_qparams_affine, qp.quantize_affine
     qmin, qmax = qrange(bits)
     g = block_size(w, bits, group)
     out, cols = w.shape
     wp = _padded(w, g)
-    scale, zero = choose_qparams_affine(wp, MappingType.SYMMETRIC_NO_CLIPPING_ERR, (1, g), torch.int8, qmin, qmax,
-                                     eps=EPS, scale_dtype=torch.float16)
+    scale, zero = qp.choose_qparams_affine(wp, qp.MappingType.SYMMETRIC_NO_CLIPPING_ERR, (1, g), torch.int8,
+                                           qmin, qmax, eps=EPS, scale_dtype=torch.float16)
     scale = scale.reshape(out, -1)
     # The fp16 scale, widened: torchao would otherwise take 1/scale in fp16. The zero point is 0.
-    q = quantize_affine(wp, (1, g), scale.float(), zero.reshape(out, -1), torch.int8, qmin, qmax)
+    q = qp.quantize_affine(wp, (1, g), scale.float(), zero.reshape(out, -1), torch.int8, qmin, qmax)
     return Quantized(q[:, :cols].contiguous(), scale, bits, g)
 
 
