@@ -60,7 +60,7 @@ bench: $(STAMP)
 	$(VPY) benchmarks/run_bench.py $(BENCH_ARGS)
 	$(VPY) benchmarks/time_to_accuracy.py --out benchmarks/time_to_accuracy_digits.json
 
-# Time to accuracy on Fashion-MNIST (~1 h on the 2-core CPU: decoupled's whole training, then the
+# Time to accuracy on Fashion-MNIST (37 min on the 2-core Intel Xeon: decoupled's whole training, then the
 # reference algorithm for 3x nernfast's time to the target); kept out of `make bench` for its length.
 bench-tta: $(STAMP) data
 	$(VPY) benchmarks/time_to_accuracy.py --dataset fashion-mnist --config fashion_mnist.yaml \

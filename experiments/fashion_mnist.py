@@ -80,6 +80,11 @@ def plan() -> list[Run]:
              Run("shipped-progressive-s0", "progressive"),
              # the largest predictor whose int8 artefact fits 10 % of the conv bytes (docs/compression.md)
              Run("shipped-teacher_decoupled-h135-s0", "teacher_decoupled", hidden=135)]
+    # a stronger teacher: the shipped original and a second pinned original (seed 1, ships too), averaged over
+    # each image and its mirror image (the default teacher is the original alone with its mirror images)
+    ens2 = ("teacher=resnet20x2+flip",)
+    runs += [Run(f"shipped-teacher_decoupled-ens2-s{s}", "teacher_decoupled", s, extra=ens2) for s in range(3)]
+    runs += [Run("shipped-teacher_decoupled-ens2-h135-s0", "teacher_decoupled", hidden=135, extra=ens2)]
     # an original nernfast.pretrain did not make (experiments/plain_original.py), with today's defaults
     runs += [Run(f"plain-{r}-s0", r, original="plain") for r in ("decoupled", "teacher_decoupled", "baseline",
                                                                   "recon_only")]

@@ -56,6 +56,12 @@ def group(raw: dict[str, dict]) -> dict[tuple, list[dict]]:
     return {k: sorted(v, key=lambda x: x["run"]["seed"]) for k, v in g.items()}
 
 
+def teacher_name(res: dict) -> str:
+    """The teacher's source without its checkpoint paths (in parentheses)."""
+    src = res["teacher_source"]
+    return src.split(" (")[0] + (src.split(")", 1)[1] if " (" in src and ")" in src else "")
+
+
 def train_seconds(res: dict) -> float:
     """Training wall time: the phases' own wall (a shared phase 1 counts: it was computed once)."""
     return sum(s.get("wall_s") or 0.0 for s in res["stages"])
@@ -105,14 +111,14 @@ def render(raw_dir: Path, out_dir: Path, page: Path) -> str:
         elif o in ("pretrain", "plain-epyc"):
             source += " (AMD EPYC, not kept)"
         lines.append(f"| original ({o}) | {pct(r['original']['accuracy'])} | `{source}` |")
-    teachers = {}  # one row per original that a teacher run distilled from
+    teachers = {}  # one row per (original, teacher) that a run distilled from
     for r in raw.values():
         if r.get("teacher"):
-            teachers.setdefault(r["run"]["original"], r)
-    for o, r in sorted(teachers.items(), key=lambda kv: ORIGINALS.index(kv[0])):
+            teachers.setdefault((r["run"]["original"], teacher_name(r)), r)
+    for (o, name), r in sorted(teachers.items(), key=lambda kv: (ORIGINALS.index(kv[0][0]), kv[0][1])):
         tc = r.get("teacher_check") or {}
         lines.append(f"| teacher ({o} original) | {pct(r['teacher']['accuracy'])} | "
-                     f"{r['teacher_source'].split(' (')[0]}; val {pct(tc.get('teacher_val_acc'))} vs original "
+                     f"{name}; val {pct(tc.get('teacher_val_acc'))} vs original "
                      f"{pct(tc.get('original_val_acc'))}, val loss {tc.get('teacher_val_loss', float('nan')):.4f} vs "
                      f"{tc.get('original_val_loss', float('nan')):.4f} |")
     lines.append("")
@@ -184,6 +190,8 @@ def targets(groups, orig_acc) -> list[str]:
                   ("decoupled > baseline, interval excluding 0", dec, base, lambda m, lo: lo > 0),
                   ("baseline > recon_only", base, rec, lambda m, lo: m > 0),
                   ("teacher_decoupled ≥ original", tea, ORIGINAL, lambda m, lo: m >= 0),
+                  ("teacher_decoupled with the stronger teacher (resnet20x2+flip) ≥ original",
+                   _find(groups, o, "teacher_decoupled", variant="ens2"), ORIGINAL, lambda m, lo: m >= 0),
                   ("noise_decoupled − decoupled (reported)", noise, dec, None)]
         if big:
             checks.append((f"recon_only at CR {big[0]['sizes']['compression_ratio']:.2f} ≥ original − 0.1 pt", big,

@@ -49,3 +49,11 @@ def test_digits_table_replaces_only_the_marked_block(experiments, tmp_path, monk
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old table" not in text
     assert text.count("| `teacher_decoupled`") == 3 and "(phase 1 shared)" in text
+
+
+def test_teacher_rows_name_each_teacher_without_its_checkpoint_paths(experiments):
+    from fashion_mnist_render import teacher_name
+    ens = {"teacher_source": "ensemble of 2 x resnet20 (seeds 0..1: /c/a.pt, /c/b.pt), averaged with its mirror images"}
+    assert teacher_name(ens) == "ensemble of 2 x resnet20, averaged with its mirror images"
+    assert teacher_name({"teacher_source": "the original, averaged with its mirror images"}) == \
+        "the original, averaged with its mirror images"
