@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,7 @@ def group(raw: dict[str, dict]) -> dict[tuple, list[dict]]:
 
 def teacher_name(res: dict) -> str:
     """The teacher's source without its checkpoint paths (in parentheses)."""
-    src = res["teacher_source"]
-    return src.split(" (")[0] + (src.split(")", 1)[1] if " (" in src and ")" in src else "")
+    return re.sub(r" \([^)]*\)", "", res["teacher_source"])
 
 
 def train_seconds(res: dict) -> float:

@@ -81,7 +81,7 @@ RECIPE_VERSION = 2
 # pretraining) is stronger than the original on validation (94.02 % / 0.1658 vs 93.57 % / 0.1735)
 # and test (93.62 % vs 93.26 %). "resnet20x2+flip" (seed 1 ships too) is stronger still (val 94.50 %,
 # test 93.92 % vs the shipped original's 94.02 / 93.47 %) but gave the same teacher_decoupled student
-# (docs/fashion-mnist.md, variant ens2) at 2x the teacher's cost, so it is not the default.
+# (docs/fashion-mnist.md, variant ens2) with twice the teacher's forward passes, so it is not the default.
 # Elsewhere the paper's usual deeper CIFAR ResNets.
 DEFAULT_ORIGINAL = {"digits": "resnet20", "mnist": "resnet20", "fashion-mnist": "resnet20", "kmnist": "resnet20",
                     "cifar10": "resnet20", "cifar100": "resnet56", "stl10": "resnet56", "imagenet": "resnet18"}
