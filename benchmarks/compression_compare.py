@@ -70,6 +70,10 @@ def measure_artefact(path: str, bundle) -> dict:
         method, setting = "nernfast fp32 (format 1)", f"H{hidden}"
     elif scheme["weights"] == "fp32":
         method, setting = "nernfast fp32 (format 2, lossless)", f"H{hidden}"
+    elif scheme["weights"] == "ans":
+        method = "nernfast compact ans (entropy-coded)"
+        per = " per layer (sensitivity), bytes of" if scheme.get("layer_steps") else ""
+        setting = f"H{hidden} ans{per} step {scheme['step']:g} BN/FC {scheme['rest']}"
     else:
         groups = f" g{scheme['group']}" if scheme["weights"] != "int8" and scheme.get("group") else ""
         method = f"nernfast compact {scheme['weights']}{groups}"

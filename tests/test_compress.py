@@ -12,6 +12,7 @@ from nernfast.artefact import save_artefact
 from nernfast.compress import file_parts
 from nernfast.compress.cli import main
 from nernfast.compress.qat import fake_quantized
+from nernfast.codec.format2 import Scheme
 from nernfast.codec.quant import dequantize, quantize_reference
 
 
@@ -26,16 +27,19 @@ def source(tmp_path_factory):
     return d
 
 
-def test_fake_quantized_leaves_latent_weights_that_quantise_to_what_it_computed(source):
+@pytest.mark.parametrize("scheme", [Scheme("int4", group=8), Scheme("ans", step=0.05)], ids=["int4", "ans"])
+def test_fake_quantized_leaves_latent_weights_that_quantise_to_what_it_computed(source, scheme):
     nern, _, _ = nernfast.load_nern(source / "nern.safetensors")
-    with fake_quantized(nern, 4, 8):
+    with fake_quantized(nern, scheme):
         with torch.no_grad():
             for lin in nern.predictor.linears():
                 lin.parametrizations.weight.original.add_(0.01)
         seen = [lin.weight.detach().clone() for lin in nern.predictor.linears()]
     for lin, w in zip(nern.predictor.linears(), seen):
         assert not hasattr(lin, "parametrizations")
-        assert torch.equal(dequantize(quantize_reference(lin.weight.detach(), 4, 8)), w)
+        assert torch.equal(scheme.roundtrip(lin.weight.detach()), w)
+    if scheme.weights == "int4":
+        assert torch.equal(dequantize(quantize_reference(lin.weight.detach(), 4, 8)), seen[-1])
 
 
 def test_compress_cli_end_to_end(source, tmp_path, capsys):
@@ -80,7 +84,7 @@ def test_recalibrated_bn_matches_the_batch_statistics_of_the_quantised_network(s
     def bn_state(m):
         return {k: v.clone() for k, v in m.state_dict().items() if "running_" in k or "num_batches" in k}
     nern, model, _ = nernfast.load_nern(source / "nern.safetensors")
-    q = _quantized_copy(nern, argparse.Namespace(bits=4, group=8))
+    q = _quantized_copy(nern, Scheme("int4", group=8))
     before = bn_state(model)
     bundle = get_dataset("digits", None, seed=0)
     m = recalibrated(q, model, bundle, 1, torch.device("cpu"), seed=3, batch_size=32)
@@ -95,6 +99,54 @@ def test_recalibrated_bn_matches_the_batch_statistics_of_the_quantised_network(s
     assert not torch.allclose(m.bn1.running_mean, before["bn1.running_mean"])
     with pytest.raises(ValueError, match="1 batch"):
         recalibrated(q, model, bundle, 0, torch.device("cpu"))
+
+
+def test_compress_cli_ans_step_writes_what_it_fine_tuned(source, tmp_path, capsys):
+    """--step: the entropy-coded scheme end to end; the file decodes to exactly the quantiser's weights
+    of its own (latent) predictor, and a bad step is one line before any work."""
+    out = tmp_path / "a.nern"
+    rc = main([str(source), "--out", str(out), "--step", "0.05", "--steps", "2", "--eval-every", "1",
+               "--bn-batches", "0", "--rest", "fp16", "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "ans step 0.05" in text
+    meta, tensors = nernfast.artefact.read_artefact(out)
+    assert meta["codec"]["scheme"]["weights"] == "ans" and meta["codec"]["scheme"]["step"] == 0.05
+    w = tensors["predictor.layers.0.weight"]
+    step = w.abs()[w != 0].min()  # level +-1 occurs: the decoded weights are whole multiples of one step
+    assert torch.allclose(w / step, torch.round(w / step), atol=1e-3) and (w / step).abs().max() > 20
+    rc = main([str(source), "--out", str(tmp_path / "b.nern"), "--step", "0", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "step" in err and not (tmp_path / "b.nern").exists()
+    with pytest.raises(SystemExit):
+        main([str(source), "--out", str(tmp_path / "c.nern"), "--step", "0.05", "--bits", "8"])
+    assert "not allowed with" in capsys.readouterr().err
+    rc = main([str(source), "--out", str(tmp_path / "d.nern"), "--per-layer", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "--step" in err and not (tmp_path / "d.nern").exists()
+
+
+def test_finetune_distils_from_the_given_teacher(source):
+    """--distill-from teacher: the KD source is the module passed, not the fp32 artefact's network."""
+    from nernfast.compress.cli import run_teacher
+    from nernfast.compress.qat import finetune
+    from nernfast.data import get_dataset
+
+    class Counting(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.calls = net, 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.net(x)
+    bundle = get_dataset("digits", None, seed=0)
+    teacher = run_teacher({"dataset": "digits", "teacher": "original"}, bundle, torch.device("cpu"))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    nern, model, _ = nernfast.load_nern(source / "nern.safetensors")
+    counting = Counting(teacher)
+    res = finetune(nern, model, bundle, Scheme("int8"), 2, 1e-5, eval_every=1, distill=counting)
+    assert counting.calls == 2 and [h["step"] for h in res["history"]] == [0, 1, 2]
 
 
 def test_compress_cli_refuses_a_missing_source(tmp_path, capsys):

@@ -7,7 +7,8 @@ meta           zstd of the JSON metadata (format 1's keys: architecture, plan, p
                encoding, sizes, config, metrics) plus ``codec``: the scheme and the layout of every
                other part (array names, dtypes, shapes), so nothing below is implicit
 predictor      zstd of the predictor's arrays: ``fp32`` weights as is, or per 2-D weight an int8 array
-               (values in [-128, 127] or, for 4-bit, [-8, 7]) and its fp16 scales (nernfast.codec.quant);
+               (values in [-128, 127] or, for 4-bit, [-8, 7]) and its fp16 scales (nernfast.codec.quant),
+               or (``ans``) its fp32 step, level histogram and ANS words (nernfast.codec.levels);
                biases always fp32
 permutation    the plan's permutation as Lehmer digits in one ANS stream (nernfast.codec.permutation)
 model          zstd of every model state entry that is not a predicted conv weight (BN, FC, unpredicted
@@ -28,11 +29,12 @@ import numpy as np
 import torch
 
 from .container import ContainerError, read_container, write_container
+from .levels import FakeQuantUniform, Levels, decode_levels, dequantize_uniform, encode_levels, quantize_uniform
 from .permutation import decode_permutation, encode_permutation
-from .quant import Quantized, dequantize, quantize
+from .quant import FakeQuant, Quantized, dequantize, quantize
 
 FORMAT2 = "nernfast-artefact-2"
-WEIGHTS = ("fp32", "int8", "int7", "int6", "int5", "int4", "int3", "int2")
+WEIGHTS = ("fp32", "int8", "int7", "int6", "int5", "int4", "int3", "int2", "ans")
 REST = ("fp32", "fp16", "bf16")
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
                                                         torch.int64, torch.int32, torch.int16, torch.int8,
@@ -43,7 +45,10 @@ _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float
 class Scheme:
     """How the parts are coded. The default is lossless (what the trainer writes)."""
     weights: str = "fp32"     # predictor weights: fp32 | int8 (per output channel) | int2..int7 (group-wise)
+                              # | ans (uniform step per matrix, levels entropy-coded)
     group: int = 64           # input weights per fp16 scale below 8 bits
+    step: float = 0.04        # ans: the step as a fraction of each matrix's RMS (0.04: about int8's error)
+    layer_steps: tuple[float, ...] = ()  # ans: one step per predictor weight matrix, in order (empty: ``step``)
     rest: str = "fp32"        # BN/FC and unpredicted tensors: fp32 | fp16 | bf16
     zstd_level: int = 19
 
@@ -54,10 +59,38 @@ class Scheme:
             raise ValueError(f"unknown precision {self.rest!r} for BN/FC; choose one of {REST}")
         if self.group < 1:
             raise ValueError(f"group size must be >= 1, got {self.group}")
+        for st in (self.step, *self.layer_steps):
+            if not 0 < st <= 10:
+                raise ValueError(f"relative step {st} out of range; choose one in (0, 10], e.g. 0.04")
 
     @property
     def bits(self) -> int | None:
-        return None if self.weights == "fp32" else int(self.weights[3:])
+        return int(self.weights[3:]) if self.weights.startswith("int") else None
+
+    def step_of(self, i: int) -> float:
+        """The ans step of the predictor's ``i``-th weight matrix."""
+        if not self.layer_steps:
+            return self.step
+        if i >= len(self.layer_steps):
+            raise ValueError(f"layer_steps lists {len(self.layer_steps)} steps; the predictor has more weight matrices")
+        return self.layer_steps[i]
+
+    def fake_quant(self, i: int = 0) -> torch.nn.Module:
+        """The quantiser of the predictor's ``i``-th weight matrix as a parametrization (straight-through
+        gradient)."""
+        if self.weights == "ans":
+            return FakeQuantUniform(self.step_of(i))
+        if self.bits is None:
+            raise ValueError("the fp32 scheme does not quantise")
+        return FakeQuant(self.bits, self.group)
+
+    def roundtrip(self, w: torch.Tensor, i: int = 0) -> torch.Tensor:
+        """``w``, the predictor's ``i``-th weight matrix, as this scheme decodes it (fp32)."""
+        if self.weights == "ans":
+            return dequantize_uniform(quantize_uniform(w, self.step_of(i)))
+        if self.bits is None:
+            return w.detach().float()
+        return dequantize(quantize(w, self.bits, self.group))
 
     @property
     def lossless(self) -> bool:
@@ -118,8 +151,16 @@ def _unzstd(data: bytes) -> bytes:
 # ---- parts ---------------------------------------------------------------------------------------
 def _predictor_arrays(sd: dict[str, torch.Tensor], scheme: Scheme) -> tuple[list, dict[str, Any]]:
     arrays, quant = [], {}
+    matrices = 0  # index of the 2-D weight in the predictor's order (its step in scheme.layer_steps)
     for k, v in sd.items():
-        if scheme.weights != "fp32" and v.dim() == 2:
+        if scheme.weights == "ans" and v.dim() == 2:
+            lv = quantize_uniform(v, scheme.step_of(matrices))
+            matrices += 1
+            lo, counts, words = encode_levels(lv.q)
+            arrays += [(f"{k}:step", lv.step.reshape(1)), (f"{k}:counts", torch.from_numpy(counts)),
+                       (f"{k}:ans", torch.from_numpy(words.view(np.int32)))]
+            quant[k] = {"levels": "ans", "lo": lo, "shape": list(v.shape)}
+        elif scheme.weights != "fp32" and v.dim() == 2:
             qz = quantize(v, scheme.bits, scheme.group)
             arrays += [(f"{k}:q", qz.q), (f"{k}:scale", qz.scale)]
             quant[k] = {"bits": qz.bits, "group": qz.group}
@@ -171,9 +212,16 @@ def decode(data: bytes, name: str) -> tuple[dict[str, Any], dict[str, torch.Tens
     tensors: dict[str, torch.Tensor] = {}
     pred = arr["predictor"]
     for k, v in pred.items():
-        if k.endswith(":scale"):
+        if k.endswith((":scale", ":counts", ":ans")):
             continue
-        if k.endswith(":q"):
+        if k.endswith(":step"):
+            key = k[:-5]
+            q = codec["quantized"][key]
+            levels = decode_levels(q["lo"], pred[f"{key}:counts"].numpy(), pred[f"{key}:ans"].numpy().view(np.uint32),
+                                   q["shape"])
+            v = dequantize_uniform(Levels(levels, v.reshape(())))
+            k = key
+        elif k.endswith(":q"):
             key = k[:-2]
             q = codec["quantized"][key]
             v = dequantize(Quantized(v, pred[f"{key}:scale"], q["bits"], q["group"]))

@@ -1,4 +1,4 @@
-"""``python -m nernfast.compress RUN_OR_ARTEFACT --out FILE [--bits 8|4]``: the compact artefact.
+"""``python -m nernfast.compress RUN_OR_ARTEFACT --out FILE [--bits 8|4 | --step 0.04]``: the compact artefact.
 
 Reads a trained artefact (or a run directory holding ``nern.safetensors``), fine-tunes its
 predictor through the quantiser for ``--steps`` steps (distillation from the artefact's own fp32
@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nernfast.compress", description=__doc__.split("\n\n")[0])
     p.add_argument("source", help="a nernfast artefact, or a run directory holding nern.safetensors")
     p.add_argument("--out", required=True, help="the compact artefact to write")
-    p.add_argument("--bits", type=int, choices=range(2, 9), default=8, metavar="{8,4,...}",
+    q = p.add_mutually_exclusive_group()
+    q.add_argument("--bits", type=int, choices=range(2, 9), metavar="{8,4,...}",  # None: 8 (a default of 8
+                   # would hide "--bits 8 --step ..." from argparse's conflict check)
                    help="predictor weights: 8 (int8 per output channel) or 2-7 (group-wise, e.g. 4); default 8")
+    q.add_argument("--step", type=float, metavar="REL",
+                   help="instead of --bits: one uniform step per weight matrix, REL times its RMS, levels "
+                        "entropy-coded (ANS); 0.04 is about int8's error in fewer bytes")
+    p.add_argument("--per-layer", action="store_true",
+                   help="with --step: one step per predictor layer, sized by each layer's measured sensitivity "
+                        "(validation loss) at the bytes of the shared step (nernfast.compress.allocate)")
     p.add_argument("--group", type=int, default=64, help="input weights per scale below 8 bits (default 64)")
     p.add_argument("--rest", choices=("auto",) + REST, default="auto",
                    help="precision of BN/FC and unpredicted tensors (default auto: fp16 where the validation "
@@ -46,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     # improved on PTQ on all three (97.21 / 96.10 / 98.05 % test).
     p.add_argument("--steps", type=int, default=400, help="quantisation-aware distillation steps (0: PTQ only)")
     p.add_argument("--lr", type=float, default=1e-5, help="fine-tune learning rate (Adam; default 1e-5)")
+    p.add_argument("--distill-from", choices=("artefact", "teacher"), default="artefact",
+                   help="the fine-tune's KD source: the fp32 artefact's own network (default; needs only the "
+                        "data) or the teacher its run was trained with (its config's teacher and original)")
     p.add_argument("--bn-batches", type=int, default=50,
                    help="training batches to re-estimate the BN statistics with the quantised predictor, before "
                         "and after the fine-tune, each kept only if validation accuracy rises (0: keep the stored; "
@@ -128,6 +139,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--steps {args.steps}: must be >= 0 (0: quantise without fine-tuning)")
     if args.bn_batches < 0:
         raise ValueError(f"--bn-batches {args.bn_batches}: must be >= 0 (0: keep the stored BN statistics)")
+    weights = weight_scheme(args)  # a bad --step fails here, before any work
+    if args.per_layer and args.step is None:
+        raise ValueError("--per-layer sizes the steps of --step; pass --step REL as well")
     device = torch.device(args.device)
     nern, model, meta = load_nern(src, device=device)
     cfg = meta.get("config") or {}
@@ -137,21 +151,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bundle = get_dataset(dataset, args.data_root or cfg.get("data_root"), seed=0)
     t0 = time.perf_counter()
     before = _accuracy(load(src, device=device), bundle, "test", device)
+    allocation = None
+    if args.per_layer:
+        from .allocate import allocate_steps
+        weights, allocation = allocate_steps(nern, model, bundle, args.step, device, seed=args.seed)
     tune, student, bn_info = None, model, {}
     if args.bn_batches:
-        student, bn_info["before_finetune"] = better_bn(_quantized_copy(nern, args), student, bundle, args, device)
+        student, bn_info["before_finetune"] = better_bn(_quantized_copy(nern, weights), student, bundle, args, device)
     if args.steps:
-        tune = finetune(nern, model, bundle, args.bits, args.group, args.steps, args.lr, args.seed, device,
-                        progress=not args.no_progress, eval_every=args.eval_every, student=student)
-    qnern = _quantized_copy(nern, args)  # the predictor as the file will decode it
+        distill = run_teacher(cfg, bundle, device) if args.distill_from == "teacher" else None
+        tune = finetune(nern, model, bundle, weights, args.steps, args.lr, args.seed, device,
+                        progress=not args.no_progress, eval_every=args.eval_every, student=student, distill=distill)
+    qnern = _quantized_copy(nern, weights)  # the predictor as the file will decode it
     if args.steps and args.bn_batches:
         student, bn_info["after_finetune"] = better_bn(qnern, student, bundle, args, device)
     rest, rest_info = (args.rest, {}) if args.rest != "auto" else choose_rest(qnern, student, bundle, device)
-    scheme = Scheme(weights=f"int{args.bits}", group=args.group, rest=rest)
+    scheme = replace(weights, rest=rest)
     info = {"source": str(src), "scheme": asdict(scheme),
-            "qat_steps": args.steps, "qat_lr": args.lr, "qat_kept_step": tune and tune["best_step"],
-            "qat_val_acc": tune and tune.get("val_acc"),
-            "bn_batches": args.bn_batches, "bn_reestimation": bn_info,
+            "qat_steps": args.steps, "qat_lr": args.lr, "qat_distill_from": args.distill_from,
+            "qat_kept_step": tune and tune["best_step"], "qat_val_acc": tune and tune.get("val_acc"),
+            "bn_batches": args.bn_batches, "bn_reestimation": bn_info, "step_allocation": allocation,
             "rest_choice": rest_info, "test_acc_before": before}
     # the file keeps what made it; the fine-tune's curve (~0.4 kB coded) goes to --json only
     metrics = dict(meta.get("metrics") or {}, compress=info)
@@ -165,7 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
            "source_bytes": src.stat().st_size, "seconds": round(time.perf_counter() - t0, 1)}
     print(parts_table(sizes, conv_bytes))
     print(f"test accuracy: {100 * before:.2f} % before (fp32 artefact, {src.stat().st_size:,} bytes), "
-          f"{100 * after:.2f} % after (int{args.bits}, BN/FC {rest}; fine-tune kept step "
+          f"{100 * after:.2f} % after ({_label(scheme)}, BN/FC {rest}; fine-tune kept step "
           f"{res['qat_kept_step'] if tune else '-'} of {args.steps})")
     print(f"wrote {out}")
     if args.json:
@@ -173,13 +192,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def _quantized_copy(nern: Any, args: argparse.Namespace) -> Any:
+def run_teacher(cfg: dict[str, Any], bundle: Any, device: torch.device) -> torch.nn.Module:
+    """The teacher the artefact's run distilled from, rebuilt from its stored config (the original it
+    names, else the pretrained one; its teacher, else the dataset's default)."""
+    from ..config import RunConfig
+    from ..models import copy_frozen
+    from ..training.context import load_network, load_teacher
+    fields = ("dataset", "data_root", "model", "original", "teacher", "pretrain_epochs")
+    rc = RunConfig(**{k: cfg[k] for k in fields if k in cfg})
+    original = copy_frozen(load_network(rc.model, rc.original, bundle, rc, device).model).to(device)
+    return load_teacher(rc, original, bundle, device)[0]
+
+
+def weight_scheme(args: argparse.Namespace) -> Scheme:
+    """The predictor weights' coding the arguments ask for (BN/FC precision chosen later)."""
+    if args.step is not None:
+        return Scheme(weights="ans", step=args.step)
+    return Scheme(weights=f"int{args.bits or 8}", group=args.group)
+
+
+def _label(scheme: Scheme) -> str:
+    if scheme.weights != "ans":
+        return scheme.weights
+    if scheme.layer_steps:
+        return "ans steps " + "/".join(f"{st:.3g}" for st in scheme.layer_steps) + " per layer"
+    return f"ans step {scheme.step:g}"
+
+
+def _quantized_copy(nern: Any, scheme: Scheme) -> Any:
     """The NeRN as the compact file will decode it (quantised predictor weights)."""
-    from ..codec.quant import dequantize, quantize
     q = copy.deepcopy(nern)
     with torch.no_grad():
-        for lin in q.predictor.linears():
-            lin.weight.copy_(dequantize(quantize(lin.weight, args.bits, args.group)))
+        for i, lin in enumerate(q.predictor.linears()):
+            lin.weight.copy_(scheme.roundtrip(lin.weight, i))
     return q
 
 

@@ -1,12 +1,13 @@
 """Quantisation-aware distillation: a short fine-tune of the predictor through the quantiser.
 
-Every predictor ``nn.Linear`` weight is parametrized with ``FakeQuant`` (the artefact's own
-quantiser, straight-through gradient), so the network the loss sees is exactly the one the
+Every predictor ``nn.Linear`` weight is parametrized with the scheme's quantiser (``Scheme.fake_quant``:
+the artefact's own, straight-through gradient), so the network the loss sees is exactly the one the
 compact artefact decodes to. The objective is the decoupled recipe's phase 2: KD from the fp32
-artefact's own network (it needs no original, only the data) plus a small reconstruction term
-toward the fp32 predictor's weights, run by the trainer's phase loop (``run_phase``) and kept by
-validation accuracy, with step 0 (plain post-training quantisation) a candidate: the fine-tune
-never selects a predictor worse on validation than PTQ. The test split is not read here.
+artefact's own network (it needs no original, only the data) or from the run's teacher (``distill``),
+plus a small reconstruction term toward the fp32 predictor's weights, run by the trainer's phase
+loop (``run_phase``) and kept by validation accuracy, with step 0 (plain post-training quantisation)
+a candidate: the fine-tune never selects a predictor worse on validation than PTQ. The test split is
+not read here.
 """
 from __future__ import annotations
 
@@ -19,17 +20,17 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from ..codec.quant import FakeQuant
+from ..codec.format2 import Scheme
 from ..nern import NeRN
 
 
 @contextmanager
-def fake_quantized(nern: NeRN, bits: int, group: int | None) -> Iterator[NeRN]:
+def fake_quantized(nern: NeRN, scheme: Scheme) -> Iterator[NeRN]:
     """Inside: every predictor linear computes with its quantised weight. On exit the latent fp32
     weights stay (quantising them again gives exactly the weights seen inside)."""
     lins = nern.predictor.linears()
-    for lin in lins:
-        parametrize.register_parametrization(lin, "weight", FakeQuant(bits, group))
+    for i, lin in enumerate(lins):
+        parametrize.register_parametrization(lin, "weight", scheme.fake_quant(i))
     try:
         yield nern
     finally:
@@ -38,12 +39,14 @@ def fake_quantized(nern: NeRN, bits: int, group: int | None) -> Iterator[NeRN]:
                 parametrize.remove_parametrizations(lin, "weight", leave_parametrized=False)
 
 
-def finetune(nern: NeRN, model: nn.Module, bundle: Any, bits: int, group: int | None, steps: int, lr: float,
+def finetune(nern: NeRN, model: nn.Module, bundle: Any, scheme: Scheme, steps: int, lr: float,
              seed: int = 0, device: str | torch.device = "cpu", progress: bool = False,
-             batch_size: int = 128, eval_every: int = 50, student: nn.Module | None = None) -> dict[str, Any]:
-    """Fine-tune ``nern`` (in place) for its ``bits``-bit form; ``model`` holds the fp32 artefact's
+             batch_size: int = 128, eval_every: int = 50, student: nn.Module | None = None,
+             distill: nn.Module | None = None) -> dict[str, Any]:
+    """Fine-tune ``nern`` (in place) for its form under ``scheme``; ``model`` holds the fp32 artefact's
     BN/FC (the teacher's), ``student`` the BN/FC the quantised network computes with (default:
-    ``model``'s; e.g. re-estimated BN statistics). Returns the phase result (history, kept step,
+    ``model``'s; e.g. re-estimated BN statistics), ``distill`` the frozen KD source (default: the fp32
+    artefact's network, ``model`` with ``nern``'s fp32 weights). Returns the phase result (history, kept step,
     validation accuracy of the kept predictor)."""
     from ..config import PhaseConfig, RunConfig
     from ..training.context import Context
@@ -66,9 +69,10 @@ def finetune(nern: NeRN, model: nn.Module, bundle: Any, bits: int, group: int | 
         cfg = RunConfig(device=str(device))
         logger = RunLogger(Path(tmp), progress=progress)
         ctx = Context(cfg, device, bundle, teacher, "fp32 artefact", None, None, {}, Path(tmp), logger)
-        nets = PhaseNets(target, copy_frozen(student).to(device), teacher)
+        source = teacher if distill is None else distill.to(device)  # frozen by the caller
+        nets = PhaseNets(target, copy_frozen(student).to(device), source)
         try:
-            with fake_quantized(nern, bits, group):
+            with fake_quantized(nern, scheme):
                 result = _run(ctx, nern, phase, nets, copy_frozen(student).to(device), seed)
         finally:
             logger.close()

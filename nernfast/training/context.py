@@ -70,11 +70,24 @@ def load_network(name: str, path: str | None, bundle: DataBundle, cfg: RunConfig
     return Network(load_model_checkpoint(path, model, trust_pickle), path, None)
 
 
+def load_teacher(cfg: RunConfig, original: nn.Module, bundle: DataBundle, device: torch.device,
+                 trust_pickle: bool = False, progress: bool = False) -> tuple[nn.Module, str]:
+    """The teacher ``cfg`` names (``cfg.teacher``, else the dataset's default) around ``original``:
+    frozen, on ``device``, with a line saying what it is."""
+    from ..pretrain import DEFAULT_TEACHER
+    from ..teachers import build_ensemble, build_teacher, parse_teacher
+    t, source = build_teacher(
+        parse_teacher(cfg.teacher or DEFAULT_TEACHER.get(cfg.dataset, "resnet56")), original, cfg.dataset,
+        load=lambda name, path: load_network(name, path, bundle, cfg, device, trust_pickle, progress),
+        ensemble=lambda name, k: build_ensemble(name, k, bundle, cfg.dataset, cfg.data_root, str(device),
+                                                cfg.pretrain_epochs, progress))
+    return copy_frozen(t).to(device), source
+
+
 def build_context(cfg: RunConfig, out: Path, progress: bool = True, trust_pickle: bool = False) -> Context:
     """Load the data and the networks (nothing is written to ``out`` here)."""
     from ..cli import check_device
     from ..data import get_dataset
-    from ..pretrain import DEFAULT_TEACHER
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     device = check_device(cfg.device)
     if device.type == "cuda" and world > 1:
@@ -85,13 +98,8 @@ def build_context(cfg: RunConfig, out: Path, progress: bool = True, trust_pickle
     original = copy_frozen(orig.model).to(device)
     teacher, tsrc, check = None, None, None
     if needs_teacher(cfg):
-        from ..teachers import build_ensemble, build_teacher, compare_teacher, parse_teacher, teacher_warning
-        t, tsrc = build_teacher(
-            parse_teacher(cfg.teacher or DEFAULT_TEACHER.get(cfg.dataset, "resnet56")), original, cfg.dataset,
-            load=lambda name, path: load_network(name, path, bundle, cfg, device, trust_pickle, progress),
-            ensemble=lambda name, k: build_ensemble(name, k, bundle, cfg.dataset, cfg.data_root, str(device),
-                                                    cfg.pretrain_epochs, progress))
-        teacher = copy_frozen(t).to(device)
+        from ..teachers import compare_teacher, teacher_warning
+        teacher, tsrc = load_teacher(cfg, original, bundle, device, trust_pickle, progress)
         # The premise of teacher-guided training, checked before any work (module doc of nernfast.teachers).
         check = compare_teacher(teacher, original, bundle, device, cfg.eval.batch_size)
         warning = teacher_warning(check)
