@@ -1,8 +1,9 @@
 #!/bin/bash
 # The Fashion-MNIST comparison of docs/compression.md, end to end and idempotent: the shipped ResNet-20
 # original against nernfast's teacher_decoupled artefacts (H140, CR 0.35, seeds 0-2, the runs of
-# docs/fashion-mnist.md; trained by experiments/fashion_mnist.py when missing), each compact at int8 and at
-# int7 in groups of 64 (BN/FC fp16, the default 400-step fine-tune), teacher_decoupled at H135 (int8; one seed)
+# docs/fashion-mnist.md; trained by experiments/fashion_mnist.py when missing), each compact at int8, at
+# int7 in groups of 64 and entropy-coded (ans, step 0.035, shared and per layer; seed 0 also 0.07 and 0.15) (BN/FC fp16, the
+# default 400-step fine-tune), teacher_decoupled at H135 (int8; one seed)
 # and recon_only at H280 (CR 1.14) as other predictor sizes, the original's int8 PTQ and NNCodec.
 #   bash benchmarks/compression_fashion_mnist.sh     (from the repository root, after `make setup` and `make data`)
 set -euo pipefail
@@ -10,14 +11,19 @@ PY=${PY:-.venv/bin/python}
 source benchmarks/nncodec_venv.sh
 RUNS=runs/fashion-mnist
 mkdir -p $RUNS/compact docs/compression/fashion-mnist/compress
-compact() {  # compact RUN BITS: the run's artefact (trained when missing), then its compact file at BITS
-  local run=$1 B=$2 f=$RUNS/compact/$1-int$2.nern
+compact() {  # compact RUN TAG ARGS...: the run's artefact (trained when missing), then its compact file TAG
+  local run=$1 tag=$2; shift 2; local f=$RUNS/compact/$run-$tag.nern
   [ -s $RUNS/$run/nern.safetensors ] || $PY experiments/fashion_mnist.py --need-artefacts --only $run
-  [ -f $f ] || OMP_NUM_THREADS=1 $PY -m nernfast.compress $RUNS/$run --out $f --bits $B --rest fp16 --no-progress \
-    --json docs/compression/fashion-mnist/compress/$run-int$B.json
+  [ -f $f ] || OMP_NUM_THREADS=1 $PY -m nernfast.compress $RUNS/$run --out $f "$@" --rest fp16 --no-progress \
+    --json docs/compression/fashion-mnist/compress/$run-$tag.json
 }
-for S in 0 1 2; do compact shipped-teacher_decoupled-s$S 8; compact shipped-teacher_decoupled-s$S 7; done
-compact shipped-teacher_decoupled-h135-s0 8  # the largest predictor whose int8 file fits in 10 % (one seed)
+for S in 0 1 2; do
+  compact shipped-teacher_decoupled-s$S int8 --bits 8; compact shipped-teacher_decoupled-s$S int7 --bits 7
+  compact shipped-teacher_decoupled-s$S ans0.035 --step 0.035  # entropy-coded: the finest step within 10 %
+  compact shipped-teacher_decoupled-s$S ansL0.035 --step 0.035 --per-layer  # the same bytes, a step per layer
+done
+for ST in 0.07 0.15; do compact shipped-teacher_decoupled-s0 ans$ST --step $ST; done  # smaller files (one seed)
+compact shipped-teacher_decoupled-h135-s0 int8 --bits 8  # the largest predictor whose int8 file fits in 10 % (one seed)
 [ -s $RUNS/shipped-recon_only-h280-s0/nern.safetensors ] ||
   $PY experiments/fashion_mnist.py --need-artefacts --only shipped-recon_only-h280-s0
 ORIG=$($PY -c "from nernfast.pretrain import ensure_pretrained; print(ensure_pretrained('resnet20', 'fashion-mnist'))" 2>/dev/null)
@@ -26,5 +32,7 @@ $PY benchmarks/compression_compare.py --dataset fashion-mnist --original "$ORIG"
   --artefacts "$RUNS/shipped-recon_only-h280-s0/nern.safetensors" \
   --artefacts "$RUNS/shipped-teacher_decoupled-h135-s0/nern.safetensors" \
   --compact "$RUNS/compact/shipped-teacher_decoupled-s[0-9]-int[78].nern" \
+  --compact "$RUNS/compact/shipped-teacher_decoupled-s[0-9]-ans0.*[0-9].nern" \
+  --compact "$RUNS/compact/shipped-teacher_decoupled-s[0-9]-ansL0.*[0-9].nern" \
   --compact "$RUNS/compact/shipped-teacher_decoupled-h135-s0-int8.nern" \
   --nncodec-python "$NNC/bin/python" --qp -8 -12 -14 -16 -18 -20 -22 -24 -28 -32 -38 --out docs/compression/fashion-mnist

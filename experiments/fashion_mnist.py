@@ -85,6 +85,15 @@ def plan() -> list[Run]:
     ens2 = ("teacher=resnet20x2+flip",)
     runs += [Run(f"shipped-teacher_decoupled-ens2-s{s}", "teacher_decoupled", s, extra=ens2) for s in range(3)]
     runs += [Run("shipped-teacher_decoupled-ens2-h135-s0", "teacher_decoupled", hidden=135, extra=ens2)]
+    # phase 2's gradient through every predicted row each step (weights_batch_method all) instead of a 4 096-row
+    # subset, at the shipped length and at 3 000 steps (docs/fashion-mnist-tuning.md, session 11)
+    all_rows = ("phase2.weights_batch_method=all",)
+    runs += [Run(f"shipped-teacher_decoupled-allrows-s{s}", "teacher_decoupled", s, extra=all_rows) for s in range(3)]
+    runs += [Run(f"shipped-teacher_decoupled-allrows-3k-s{s}", "teacher_decoupled", s,
+                 extra=all_rows + ("phase2.steps=3000",)) for s in range(3)]
+    # a softer distillation target: KD temperature 4 (T^2-scaled KL, nernfast.losses.kd_loss) instead of 1
+    runs += [Run(f"shipped-teacher_decoupled-t4-s{s}", "teacher_decoupled", s, extra=("phase2.temperature=4",))
+             for s in range(3)]
     # an original nernfast.pretrain did not make (experiments/plain_original.py), with today's defaults
     runs += [Run(f"plain-{r}-s0", r, original="plain") for r in ("decoupled", "teacher_decoupled", "baseline",
                                                                   "recon_only")]
