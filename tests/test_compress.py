@@ -121,6 +121,9 @@ def test_compress_cli_ans_step_writes_what_it_fine_tuned(source, tmp_path, capsy
     with pytest.raises(SystemExit):
         main([str(source), "--out", str(tmp_path / "c.nern"), "--step", "0.05", "--bits", "8"])
     assert "not allowed with" in capsys.readouterr().err
+    rc = main([str(source), "--out", str(tmp_path / "e.nern"), "--fmd-weight", "-1", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "--fmd-weight" in err and not (tmp_path / "e.nern").exists()
     rc = main([str(source), "--out", str(tmp_path / "d.nern"), "--per-layer", "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and "--step" in err and not (tmp_path / "d.nern").exists()
@@ -147,6 +150,18 @@ def test_finetune_distils_from_the_given_teacher(source):
     counting = Counting(teacher)
     res = finetune(nern, model, bundle, Scheme("int8"), 2, 1e-5, eval_every=1, distill=counting)
     assert counting.calls == 2 and [h["step"] for h in res["history"]] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("fmd", [0.0, 0.1])
+def test_finetune_feature_map_term_is_on_only_when_weighted(source, fmd):
+    from nernfast.compress.qat import finetune
+    from nernfast.data import get_dataset
+    nern, model, _ = nernfast.load_nern(source / "nern.safetensors")
+    res = finetune(nern, model, get_dataset("digits", None, seed=0), Scheme("ans", step=0.05), 2, 1e-5,
+                   eval_every=1, fmd_weight=fmd)
+    trained = [h for h in res["history"] if h["step"] > 0]
+    assert trained and all(("fmd" in h) == (fmd > 0) for h in trained)
+    assert all(h["fmd"] >= 0 for h in trained if "fmd" in h)
 
 
 def test_compress_cli_refuses_a_missing_source(tmp_path, capsys):

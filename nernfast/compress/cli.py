@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-from", choices=("artefact", "teacher"), default="artefact",
                    help="the fine-tune's KD source: the fp32 artefact's own network (default; needs only the "
                         "data) or the teacher its run was trained with (its config's teacher and original)")
+    p.add_argument("--fmd-weight", type=float, default=0.0,
+                   help="weight of the fine-tune's feature-map term toward the KD source's block outputs (the "
+                        "phase-2 L_fmd; default 0)")
     p.add_argument("--bn-batches", type=int, default=50,
                    help="training batches to re-estimate the BN statistics with the quantised predictor, before "
                         "and after the fine-tune, each kept only if validation accuracy rises (0: keep the stored; "
@@ -137,6 +140,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_output(out, args.overwrite)
     if args.steps < 0:
         raise ValueError(f"--steps {args.steps}: must be >= 0 (0: quantise without fine-tuning)")
+    if args.fmd_weight < 0:
+        raise ValueError(f"--fmd-weight {args.fmd_weight}: must be >= 0")
     if args.bn_batches < 0:
         raise ValueError(f"--bn-batches {args.bn_batches}: must be >= 0 (0: keep the stored BN statistics)")
     weights = weight_scheme(args)  # a bad --step fails here, before any work
@@ -161,7 +166,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.steps:
         distill = run_teacher(cfg, bundle, device) if args.distill_from == "teacher" else None
         tune = finetune(nern, model, bundle, weights, args.steps, args.lr, args.seed, device,
-                        progress=not args.no_progress, eval_every=args.eval_every, student=student, distill=distill)
+                        progress=not args.no_progress, eval_every=args.eval_every, student=student, distill=distill,
+                        fmd_weight=args.fmd_weight)
     qnern = _quantized_copy(nern, weights)  # the predictor as the file will decode it
     if args.steps and args.bn_batches:
         student, bn_info["after_finetune"] = better_bn(qnern, student, bundle, args, device)
@@ -169,6 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scheme = replace(weights, rest=rest)
     info = {"source": str(src), "scheme": asdict(scheme),
             "qat_steps": args.steps, "qat_lr": args.lr, "qat_distill_from": args.distill_from,
+            "qat_fmd_weight": args.fmd_weight,
             "qat_kept_step": tune and tune["best_step"], "qat_val_acc": tune and tune.get("val_acc"),
             "bn_batches": args.bn_batches, "bn_reestimation": bn_info, "step_allocation": allocation,
             "rest_choice": rest_info, "test_acc_before": before}

@@ -42,11 +42,12 @@ def fake_quantized(nern: NeRN, scheme: Scheme) -> Iterator[NeRN]:
 def finetune(nern: NeRN, model: nn.Module, bundle: Any, scheme: Scheme, steps: int, lr: float,
              seed: int = 0, device: str | torch.device = "cpu", progress: bool = False,
              batch_size: int = 128, eval_every: int = 50, student: nn.Module | None = None,
-             distill: nn.Module | None = None) -> dict[str, Any]:
+             distill: nn.Module | None = None, fmd_weight: float = 0.0) -> dict[str, Any]:
     """Fine-tune ``nern`` (in place) for its form under ``scheme``; ``model`` holds the fp32 artefact's
     BN/FC (the teacher's), ``student`` the BN/FC the quantised network computes with (default:
     ``model``'s; e.g. re-estimated BN statistics), ``distill`` the frozen KD source (default: the fp32
-    artefact's network, ``model`` with ``nern``'s fp32 weights). Returns the phase result (history, kept step,
+    artefact's network, ``model`` with ``nern``'s fp32 weights), ``fmd_weight`` the weight of the
+    feature-map term toward the KD source's block outputs (as in phase 2). Returns the phase result (history, kept step,
     validation accuracy of the kept predictor)."""
     from ..config import PhaseConfig, RunConfig
     from ..training.context import Context
@@ -63,6 +64,7 @@ def finetune(nern: NeRN, model: nn.Module, bundle: Any, scheme: Scheme, steps: i
         target = ReconTarget(nern.plan, [w.detach() for w in nern.layer_weights()], device)
     phase = PhaseConfig(name="qat", steps=steps, optimizer="adam", lr=lr, lr_warmup_steps=min(50, steps // 5),
                         weight_decay=0.0, schedule="cosine", recon_loss="l2", recon_weight=0.1, kd_weight=1.0,
+                        fmd_weight=fmd_weight,
                         kd_loss="kl", data="dataset", distill_from="original", batch_size=batch_size,
                         eval_every=max(1, min(eval_every, steps)), select="val_acc", checkpoint_every=steps + 1)
     with tempfile.TemporaryDirectory(prefix="nernfast-qat-") as tmp:
@@ -70,7 +72,8 @@ def finetune(nern: NeRN, model: nn.Module, bundle: Any, scheme: Scheme, steps: i
         logger = RunLogger(Path(tmp), progress=progress)
         ctx = Context(cfg, device, bundle, teacher, "fp32 artefact", None, None, {}, Path(tmp), logger)
         source = teacher if distill is None else distill.to(device)  # frozen by the caller
-        nets = PhaseNets(target, copy_frozen(student).to(device), source)
+        nets = PhaseNets(target, copy_frozen(student).to(device), source,
+                         features=None if distill is None else teacher)  # L_fmd: the fp32 network's maps
         try:
             with fake_quantized(nern, scheme):
                 result = _run(ctx, nern, phase, nets, copy_frozen(student).to(device), seed)
