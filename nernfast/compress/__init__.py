@@ -40,5 +40,11 @@ def parts_table(sizes: dict[str, int], conv_bytes: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def split_metrics(model: Any, bundle: Any, split: str, device: Any) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on a whole split, unshuffled and unaugmented."""
+    from ..eval import accuracy
+    return accuracy(model, bundle.loader(split, 256, shuffle=False, augment=False), device)
+
+
 def summary(sizes: dict[str, int]) -> dict[str, Any]:
     return {"file_bytes": sum(sizes.values()), **{f"{k}_bytes": v for k, v in sizes.items()}}

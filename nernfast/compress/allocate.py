@@ -23,14 +23,14 @@ import torch
 
 from ..bn_stats import recalibrated
 from ..codec.format2 import Scheme
+from . import split_metrics
 
 FLOOR = 0.05  # the smallest sensitivity, as a fraction of the largest
 
 
 def _val_loss(nern: Any, model: torch.nn.Module, bundle: Any, batches: int, device: torch.device, seed: int) -> float:
-    from ..eval import accuracy
-    m = recalibrated(nern, model, bundle, batches, device, seed)
-    return accuracy(m, bundle.loader("val", 256, shuffle=False, augment=False), device)[1]
+    """Validation cross-entropy of ``nern``'s network with BN statistics re-estimated for it."""
+    return split_metrics(recalibrated(nern, model, bundle, batches, device, seed), bundle, "val", device)[1]
 
 
 def water_fill(numels: list[int], costs: list[float], rel: float) -> list[float]:
@@ -52,11 +52,11 @@ def allocate_steps(nern: Any, model: torch.nn.Module, bundle: Any, rel: float, d
     lins = nern.predictor.linears()
     base = _val_loss(nern, model, bundle, bn_batches, device, seed)
     probe, costs = Scheme("ans", step=2 * rel), []
-    for i, lin in enumerate(lins):
-        q = copy.deepcopy(nern)
+    for i in range(len(lins)):
+        q = copy.deepcopy(nern)  # the probe quantises a copy: nern itself stays fp32
         with torch.no_grad():
             target = q.predictor.linears()[i]
-            target.weight.copy_(probe.roundtrip(target.weight))
+            target.weight.copy_(probe.roundtrip(target.weight, i))
         costs.append(_val_loss(q, model, bundle, bn_batches, device, seed) - base)
     numels = [lin.weight.numel() for lin in lins]
     steps = water_fill(numels, costs, rel)

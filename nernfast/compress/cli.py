@@ -26,7 +26,7 @@ import torch
 
 from ..artefact import ArtefactError, load, load_nern, save_artefact
 from ..codec.format2 import REST, Scheme
-from . import file_parts, parts_table, summary
+from . import file_parts, parts_table, split_metrics, summary
 
 FP16_MAX = 60000.0  # BN/FC values beyond this stay fp32 (fp16's largest finite value is 65504)
 
@@ -98,8 +98,7 @@ def check_output(out: Path, overwrite: bool) -> None:
 
 
 def _accuracy(model: torch.nn.Module, bundle: Any, split: str, device: torch.device) -> float:
-    from ..eval import accuracy
-    return accuracy(model, bundle.loader(split, 256, shuffle=False, augment=False), device)[0]
+    return split_metrics(model, bundle, split, device)[0]
 
 
 def choose_rest(nern: Any, model: torch.nn.Module, bundle: Any, device: torch.device) -> tuple[str, dict]:
