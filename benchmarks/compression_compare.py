@@ -72,8 +72,11 @@ def measure_artefact(path: str, bundle) -> dict:
         method, setting = "nernfast fp32 (format 2, lossless)", f"H{hidden}"
     elif scheme["weights"] == "ans":
         method = "nernfast compact ans (entropy-coded)"
-        per = " per layer (sensitivity), bytes of" if scheme.get("layer_steps") else ""
-        setting = f"H{hidden} ans{per} step {scheme['step']:g} BN/FC {scheme['rest']}"
+        per = " per layer (sensitivity)" if scheme.get("layer_steps") else ""
+        budget = ((meta.get("metrics") or {}).get("compress") or {}).get("max_bytes")
+        fit = (f", steps fitted to {budget['max_bytes']:,} bytes" if budget  # each seed's own steps: one group
+               else f", bytes of step {scheme['step']:g}" if per else f" step {scheme['step']:g}")
+        setting = f"H{hidden} ans{per}{fit} BN/FC {scheme['rest']}"
     else:
         groups = f" g{scheme['group']}" if scheme["weights"] != "int8" and scheme.get("group") else ""
         method = f"nernfast compact {scheme['weights']}{groups}"

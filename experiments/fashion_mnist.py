@@ -94,6 +94,13 @@ def plan() -> list[Run]:
     # a softer distillation target: KD temperature 4 (T^2-scaled KL, nernfast.losses.kd_loss) instead of 1
     runs += [Run(f"shipped-teacher_decoupled-t4-s{s}", "teacher_decoupled", s, extra=("phase2.temperature=4",))
              for s in range(3)]
+    # the anchors to the original in phase 2: its loss is 0.1 x L_fmd (~0.18, toward the original's feature maps)
+    # + KD (~0.01, toward the teacher) + 0.1 x reconstruction (~0.002): without the reconstruction term, and with
+    # the feature-map term 5x smaller (docs/fashion-mnist-tuning.md, session 12)
+    runs += [Run(f"shipped-teacher_decoupled-norec-s{s}", "teacher_decoupled", s, extra=("phase2.recon_weight=0",))
+             for s in range(3)]
+    runs += [Run(f"shipped-teacher_decoupled-fmd0.02-s{s}", "teacher_decoupled", s, extra=("phase2.fmd_weight=0.02",))
+             for s in range(3)]
     # an original nernfast.pretrain did not make (experiments/plain_original.py), with today's defaults
     runs += [Run(f"plain-{r}-s0", r, original="plain") for r in ("decoupled", "teacher_decoupled", "baseline",
                                                                   "recon_only")]

@@ -43,15 +43,10 @@ class ArtefactError(ValueError):
     pass
 
 
-def save_artefact(path: str | Path, nern: NeRN, model: nn.Module, architecture: dict[str, Any] | None = None,
-                  config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                  scheme: Scheme = LOSSLESS, overwrite: bool = True) -> Path:
-    """Write format 2 atomically (temp file + rename). ``model`` supplies the non-predicted
-    parameters; ``scheme`` the coding (lossless by default); ``overwrite=False`` refuses an
-    existing ``path``."""
-    path = Path(path)
-    if not overwrite and path.exists():
-        raise ArtefactError(f"{path} exists; pass another output path or --overwrite to replace it")
+def artefact_bytes(nern: NeRN, model: nn.Module, architecture: dict[str, Any] | None = None,
+                   config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                   scheme: Scheme = LOSSLESS) -> bytes:
+    """The format-2 file ``save_artefact`` writes, in memory (e.g. to size a coding before writing)."""
     predicted = {f"{n}.weight" for n in nern.plan.names}
     tensors = {f"predictor.{k}": v for k, v in nern.predictor.state_dict().items()}
     tensors.update({f"encoding.{k}": v for k, v in nern.encoding.state_dict().items()})
@@ -70,8 +65,20 @@ def save_artefact(path: str | Path, nern: NeRN, model: nn.Module, architecture: 
         "config": config or {},
         "metrics": metrics or {},
     }
+    return encode_format2(meta, tensors, scheme)
+
+
+def save_artefact(path: str | Path, nern: NeRN, model: nn.Module, architecture: dict[str, Any] | None = None,
+                  config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                  scheme: Scheme = LOSSLESS, overwrite: bool = True) -> Path:
+    """Write format 2 atomically (temp file + rename). ``model`` supplies the non-predicted
+    parameters; ``scheme`` the coding (lossless by default); ``overwrite=False`` refuses an
+    existing ``path``."""
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise ArtefactError(f"{path} exists; pass another output path or --overwrite to replace it")
+    data = artefact_bytes(nern, model, architecture, config, metrics, scheme)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = encode_format2(meta, tensors, scheme)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:

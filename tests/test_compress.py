@@ -186,3 +186,53 @@ def test_comparison_keeps_group_sizes_apart(source, tmp_path):
         rows.append(measure_artefact(str(out), bundle))
     assert [r["setting"] for r in rows] == ["H12 int7 g64 BN/FC fp16", "H12 int7 g128 BN/FC fp16"]
     assert sorted(p["n"] for p in aggregate(rows)) == [1, 1]
+
+
+def test_compress_cli_max_bytes_fills_the_budget(source, tmp_path, capsys):
+    """--max-bytes: the written file fits the budget with finer steps than --step alone gives; a budget
+    below the fixed parts, or one without --step, is one line and no file."""
+    ref = tmp_path / "ref.nern"
+    args = ["--steps", "2", "--eval-every", "1", "--bn-batches", "0", "--rest", "fp16", "--no-progress"]
+    assert main([str(source), "--out", str(ref), "--step", "0.05", *args]) == 0
+    budget = ref.stat().st_size + 600
+    out = tmp_path / "fit.nern"
+    rc = main([str(source), "--out", str(out), "--step", "0.05", "--max-bytes", str(budget), "--json",
+               str(tmp_path / "fit.json"), *args])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert ref.stat().st_size < out.stat().st_size <= budget and "--max-bytes" in text
+    meta, _ = nernfast.artefact.read_artefact(out)
+    assert meta["codec"]["scheme"]["step"] < 0.05
+    res = json.loads((tmp_path / "fit.json").read_text())
+    assert res["sizes"]["file_bytes"] == out.stat().st_size and res["max_bytes"]["max_bytes"] == budget
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from compression_compare import measure_artefact
+    from nernfast.data import get_dataset
+    # the comparison groups fitted files by their budget (each seed's steps differ)
+    assert measure_artefact(str(out), get_dataset("digits", None, seed=0))["setting"] == \
+        f"H12 ans, steps fitted to {budget:,} bytes BN/FC fp16"
+    for bad, word in ((["--step", "0.05", "--max-bytes", "5000"], "coarsest"), (["--max-bytes", "90000"], "--step")):
+        rc = main([str(source), "--out", str(tmp_path / "x.nern"), *bad, *args])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "\n" not in err and word in err and not (tmp_path / "x.nern").exists()
+
+
+def test_refit_coarsens_until_the_file_with_its_metadata_fits(source):
+    """The second fit measures the file with the metadata it will hold (the steps it chose included) and
+    only ever coarsens."""
+    from dataclasses import asdict
+
+    from nernfast.artefact import artefact_bytes, load_nern
+    from nernfast.compress.cli import _refit
+    nern, model, meta = load_nern(source / "nern.safetensors")
+    scheme = Scheme("ans", step=0.01, rest="fp16")
+    metrics = {"compress": {"scheme": asdict(scheme)}}
+    before = len(artefact_bytes(nern, model, meta.get("architecture"), meta.get("config"), metrics, scheme))
+    budget = {"max_bytes": before - 400}
+    fitted = _refit(nern, model, meta, metrics, scheme, budget)
+    assert fitted.step > 0.01 and budget["refit_factor"] == pytest.approx(fitted.step / 0.01)
+    assert metrics["compress"]["scheme"] == asdict(fitted)
+    assert len(artefact_bytes(nern, model, meta.get("architecture"), meta.get("config"), metrics, fitted)) <= before - 400
+    assert _refit(nern, model, meta, metrics, fitted, dict(budget)) == fitted  # fits already: unchanged

@@ -7,7 +7,8 @@ the BN statistics with the quantised predictor before and after it (``--bn-batch
 where validation accuracy rises: nernfast.bn_stats), chooses
 the BN/FC precision (``--rest auto``: fp16 when it does not lower the validation accuracy, else
 fp32), writes the compact artefact atomically (never over an existing file without
-``--overwrite``), and prints the bytes of every part and the test accuracy before and after,
+``--overwrite``; with ``--max-bytes N`` and ``--step``, the finest steps whose whole file fits N
+bytes: nernfast.compress.budget), and prints the bytes of every part and the test accuracy before and after,
 the latter measured on the file as written (decoded by ``nernfast.load``).
 """
 from __future__ import annotations
@@ -24,10 +25,14 @@ from typing import Any
 
 import torch
 
-from ..artefact import ArtefactError, load, load_nern, save_artefact
+from ..artefact import ArtefactError, artefact_bytes, load, load_nern, save_artefact
 from ..codec.format2 import REST, Scheme
 from . import file_parts, parts_table, split_metrics, summary
+from .budget import fit_steps, scaled
 
+# --max-bytes: bytes held back at the first fit for the metadata the fine-tune adds (its results: ~130
+# bytes coded on the Fashion-MNIST artefacts) and the fine-tune's drift of the level histograms
+MARGIN = 256
 FP16_MAX = 60000.0  # BN/FC values beyond this stay fp32 (fp16's largest finite value is 65504)
 
 
@@ -45,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-layer", action="store_true",
                    help="with --step: one step per predictor layer, sized by each layer's measured sensitivity "
                         "(validation loss) at the bytes of the shared step (nernfast.compress.allocate)")
+    p.add_argument("--max-bytes", type=int, metavar="N",
+                   help="with --step: scale the steps (all by one factor) to the finest whose whole file, header "
+                        "and checksum included, is at most N bytes")
     p.add_argument("--group", type=int, default=64, help="input weights per scale below 8 bits (default 64)")
     p.add_argument("--rest", choices=("auto",) + REST, default="auto",
                    help="precision of BN/FC and unpredicted tensors (default auto: fp16 where the validation "
@@ -146,6 +154,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     weights = weight_scheme(args)  # a bad --step fails here, before any work
     if args.per_layer and args.step is None:
         raise ValueError("--per-layer sizes the steps of --step; pass --step REL as well")
+    if args.max_bytes is not None and (args.step is None or args.max_bytes <= 0):
+        raise ValueError(f"--max-bytes {args.max_bytes}: pass a positive byte count together with --step REL "
+                         "(the budget scales the entropy-coded steps)")
     device = torch.device(args.device)
     nern, model, meta = load_nern(src, device=device)
     cfg = meta.get("config") or {}
@@ -159,6 +170,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.per_layer:
         from .allocate import allocate_steps
         weights, allocation = allocate_steps(nern, model, bundle, args.step, device, seed=args.seed)
+    budget = None
+    if args.max_bytes:  # first fit, on the fp32 weights; the fine-tune's metadata still to come gets a margin
+        known = dict(meta.get("metrics") or {}, compress={"source": str(src), "scheme": asdict(weights),
+                                                          "step_allocation": allocation})
+        size = _sizer(nern, model, meta, args.rest if args.rest != "auto" else "fp16", known)
+        factor, fitted = fit_steps(size, weights, args.max_bytes - MARGIN)
+        weights = scaled(weights, factor)
+        budget = {"max_bytes": args.max_bytes, "margin": MARGIN, "factor": factor, "bytes_before_finetune": fitted}
     tune, student, bn_info = None, model, {}
     if args.bn_batches:
         student, bn_info["before_finetune"] = better_bn(_quantized_copy(nern, weights), student, bundle, args, device)
@@ -172,7 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         student, bn_info["after_finetune"] = better_bn(qnern, student, bundle, args, device)
     rest, rest_info = (args.rest, {}) if args.rest != "auto" else choose_rest(qnern, student, bundle, device)
     scheme = replace(weights, rest=rest)
-    info = {"source": str(src), "scheme": asdict(scheme),
+    info = {"source": str(src), "scheme": None, "max_bytes": budget,
             "qat_steps": args.steps, "qat_lr": args.lr, "qat_distill_from": args.distill_from,
             "qat_fmd_weight": args.fmd_weight,
             "qat_kept_step": tune and tune["best_step"], "qat_val_acc": tune and tune.get("val_acc"),
@@ -180,6 +199,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rest_choice": rest_info, "test_acc_before": before}
     # the file keeps what made it; the fine-tune's curve (~0.4 kB coded) goes to --json only
     metrics = dict(meta.get("metrics") or {}, compress=info)
+    if budget is not None:  # second fit, on the written form: only coarser (the fine-tune learned this grid)
+        scheme = _refit(nern, student, meta, metrics, scheme, budget)
+    info["scheme"] = asdict(scheme)
     save_artefact(out, nern.cpu(), student.cpu(), meta.get("architecture"), cfg, metrics, scheme=scheme,
                   overwrite=args.overwrite)
     after = _accuracy(load(out, device=device), bundle, "test", device)
@@ -192,10 +214,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"test accuracy: {100 * before:.2f} % before (fp32 artefact, {src.stat().st_size:,} bytes), "
           f"{100 * after:.2f} % after ({_label(scheme)}, BN/FC {rest}; fine-tune kept step "
           f"{res['qat_kept_step'] if tune else '-'} of {args.steps})")
+    if budget is not None:
+        print(f"--max-bytes {budget['max_bytes']:,}: steps x{budget['factor'] * budget.get('refit_factor', 1.0):.3g} "
+              f"of --step's; the file holds {sum(sizes.values()):,} bytes")
     print(f"wrote {out}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str))
     return res
+
+
+def _sizer(nern: Any, model: torch.nn.Module, meta: dict[str, Any], rest: str,
+           metrics: dict[str, Any] | None = None) -> Any:
+    """The whole file's bytes under a scheme (BN/FC in ``rest``), as ``save_artefact`` would write it."""
+    def size(scheme: Scheme) -> int:
+        return len(artefact_bytes(nern, model, meta.get("architecture"), meta.get("config") or {},
+                                  metrics if metrics is not None else meta.get("metrics"), replace(scheme, rest=rest)))
+    return size
+
+
+def _refit(nern: Any, model: torch.nn.Module, meta: dict[str, Any], metrics: dict[str, Any], scheme: Scheme,
+           budget: dict[str, Any]) -> Scheme:
+    """``scheme`` coarsened (if at all) until the file with ``metrics`` fits ``budget``; records it there."""
+    info = metrics["compress"]
+    size = _sizer(nern, model, meta, scheme.rest, metrics)
+    for _ in range(3):  # the metadata holds the steps it sizes: settle them (one pass in practice)
+        info["scheme"] = asdict(scheme)
+        n = size(scheme)
+        if n <= budget["max_bytes"]:  # (the file keeps no byte count: it would change what it counts)
+            return scheme
+        factor, _ = fit_steps(size, scheme, budget["max_bytes"], lowest=1.0)
+        budget["refit_factor"] = budget.get("refit_factor", 1.0) * factor
+        scheme = scaled(scheme, factor)
+    raise ValueError(f"--max-bytes {budget['max_bytes']:,}: the file still needs {n:,} bytes after refitting")
 
 
 def run_teacher(cfg: dict[str, Any], bundle: Any, device: torch.device) -> torch.nn.Module:
