@@ -36,6 +36,7 @@ from .quant import FakeQuant, Quantized, dequantize, quantize
 FORMAT2 = "nernfast-artefact-2"
 WEIGHTS = ("fp32", "int8", "int7", "int6", "int5", "int4", "int3", "int2", "ans")
 REST = ("fp32", "fp16", "bf16")
+MAX_REL_STEP = 10.0  # ans: the largest step, as a multiple of its matrix's RMS (coarser codes nothing useful)
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
                                                         torch.int64, torch.int32, torch.int16, torch.int8,
                                                         torch.uint8, torch.bool)}
@@ -60,8 +61,8 @@ class Scheme:
         if self.group < 1:
             raise ValueError(f"group size must be >= 1, got {self.group}")
         for st in (self.step, *self.layer_steps):
-            if not 0 < st <= 10:
-                raise ValueError(f"relative step {st} out of range; choose one in (0, 10], e.g. 0.04")
+            if not 0 < st <= MAX_REL_STEP:
+                raise ValueError(f"relative step {st} out of range; choose one in (0, {MAX_REL_STEP:g}], e.g. 0.04")
 
     @property
     def bits(self) -> int | None:

@@ -17,9 +17,8 @@ import math
 from dataclasses import replace
 from typing import Callable
 
-from ..codec.format2 import Scheme
+from ..codec.format2 import MAX_REL_STEP, Scheme
 
-MAX_STEP = 10.0   # Scheme's bound on a relative step
 FINEST = 1 / 64   # the smallest factor tried: a budget this loose is met at 64x finer steps
 ITERATIONS = 16   # bisection on log f: the factor to ~0.05 % of the range's log width
 
@@ -41,9 +40,9 @@ def fit_steps(size_of: Callable[[Scheme], int], scheme: Scheme, max_bytes: int,
         raise BudgetError("a byte budget sizes the entropy-coded steps; pass --step REL with --max-bytes")
     if max_bytes <= 0:
         raise BudgetError(f"--max-bytes {max_bytes}: must be a positive number of bytes")
-    highest = MAX_STEP / max((scheme.step, *scheme.layer_steps))
+    highest = MAX_REL_STEP / max((scheme.step, *scheme.layer_steps))
     if lowest > highest:
-        raise BudgetError(f"the steps cannot grow {lowest:g}x (each stays <= {MAX_STEP:g} times its matrix's RMS)")
+        raise BudgetError(f"the steps cannot grow {lowest:g}x (each stays <= {MAX_REL_STEP:g} times its matrix's RMS)")
     top = size_of(scaled(scheme, highest))
     if top > max_bytes:
         raise BudgetError(f"--max-bytes {max_bytes:,}: the file needs {top:,} bytes even at the coarsest steps "

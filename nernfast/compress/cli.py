@@ -223,12 +223,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def _sizer(nern: Any, model: torch.nn.Module, meta: dict[str, Any], rest: str,
-           metrics: dict[str, Any] | None = None) -> Any:
-    """The whole file's bytes under a scheme (BN/FC in ``rest``), as ``save_artefact`` would write it."""
+def _sizer(nern: Any, model: torch.nn.Module, meta: dict[str, Any], rest: str, metrics: dict[str, Any]) -> Any:
+    """The whole file's bytes under a scheme (BN/FC in ``rest``, ``metrics`` read at each call), as
+    ``save_artefact`` would write it."""
     def size(scheme: Scheme) -> int:
-        return len(artefact_bytes(nern, model, meta.get("architecture"), meta.get("config") or {},
-                                  metrics if metrics is not None else meta.get("metrics"), replace(scheme, rest=rest)))
+        return len(artefact_bytes(nern, model, meta.get("architecture"), meta.get("config") or {}, metrics,
+                                  replace(scheme, rest=rest)))
     return size
 
 
