@@ -101,6 +101,11 @@ def plan() -> list[Run]:
              for s in range(3)]
     runs += [Run(f"shipped-teacher_decoupled-fmd0.02-s{s}", "teacher_decoupled", s, extra=("phase2.fmd_weight=0.02",))
              for s in range(3)]
+    # an exponential moving average of the predictor's weights in phase 2 (decay 0.998: ~500 steps); the steps, and
+    # so the raw weights' scores recorded beside the average's, are the default's (docs/fashion-mnist-tuning.md,
+    # session 13; the same with phase-2 lr 5e-5 was stopped at step 1 000, 0.3-0.7 pt below at every evaluation)
+    runs += [Run(f"shipped-teacher_decoupled-ema-s{s}", "teacher_decoupled", s, extra=("phase2.ema_decay=0.998",))
+             for s in range(3)]
     # an original nernfast.pretrain did not make (experiments/plain_original.py), with today's defaults
     runs += [Run(f"plain-{r}-s0", r, original="plain") for r in ("decoupled", "teacher_decoupled", "baseline",
                                                                   "recon_only")]

@@ -148,6 +148,7 @@ def render(raw_dir: Path, out_dir: Path, page: Path) -> str:
     lines += targets(groups, orig_acc)
     lines.append("")
     lines += precision_check(groups)
+    lines += weight_average(groups)
     for o in ORIGINALS:
         prog = groups.get(next((k for k in groups if k[0] == o and k[1] == "progressive"), None), [])
         for r in prog:
@@ -234,6 +235,36 @@ def precision_check(groups) -> list[str]:
             f"{pct(p1a['test_acc'])} vs {pct(p1f['test_acc'])} %; training wall {train_seconds(a) / 60:.1f} vs "
             f"{train_seconds(fp32[0]) / 60:.1f} min. Rule: bf16 stays the default where native only while this "
             f"interval contains 0 — {'it does: **passed**' if ok else 'it does not: **failed**'}.", ""]
+
+
+def weight_average(groups) -> list[str]:
+    """Runs whose phase 2 kept a weight average (phase2.ema_decay): the average against the raw weights
+    the same phase would have kept (the same steps: one run measures both)."""
+    rows = []
+    for (o, recipe, cr, variant), runs in sorted(groups.items()):
+        for r in runs:
+            p2 = stage(r, "phase2")
+            raw = p2.get("raw_best") if p2 else None
+            if raw is None:
+                continue
+            rows.append((f"{o} {recipe} {variant}", r["run"]["seed"], p2, raw, r["environment"].get("cpu", "?")))
+    if not rows:
+        return []
+    out = ["## Phase 2's weight average against its raw weights (same runs)", "",
+           "| runs | seed | average: kept step, val %, test % | raw weights: kept step, val %, test % | "
+           "test difference, pt | machine |", "|---|---|---|---|---|---|"]
+    diffs: dict[str, list[float]] = defaultdict(list)
+    for name, seed, p2, raw, cpu in rows:
+        d = p2["test_acc"] - raw["test_acc"]
+        diffs[name].append(d)
+        out.append(f"| {name} | {seed} | {p2['best_step']}, {pct(p2['val_acc'])}, {pct(p2['test_acc'])} | "
+                   f"{raw['step']}, {pct(raw['val_acc'])}, {pct(raw['test_acc'])} | {100 * d:+.2f} | {cpu} |")
+    out.append("")
+    for name, ds in diffs.items():
+        if len(ds) > 1:
+            m, lo, hi = stats.t_interval(ds)
+            out.append(f"{name}: average − raw weights, test, {len(ds)} seeds: {interval(m, lo, hi)} pt (seed t-interval).")
+    return out + [""]
 
 
 def plots(groups, out_dir: Path) -> list[str]:

@@ -95,6 +95,9 @@ class PhaseConfig:
     eval_every: int = 250
     select: str = "val_acc"              # val_acc | recon_l2 | last | noise_kd (nernfast.training.phase)
     patience: int = 0                    # evaluations without improvement before stopping (0: never)
+    ema_decay: float = 0.0               # > 0: keep an exponential moving average of the predictor's weights
+                                         # (this decay per step); evaluations score and keep the average, the
+                                         # raw weights' validation scores are recorded beside it (raw_val_*)
     checkpoint_every: int = 250
 
 

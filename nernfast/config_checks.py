@@ -73,6 +73,7 @@ RANGES: dict[str, Range] = {
     "phase.weights_batch_size": at_least(1),  # capped at the plan's row count once the plan is known
     "phase.eval_every": at_least(1),
     "phase.patience": NONNEGATIVE,
+    "phase.ema_decay": Range(low=0, high=0.9999),  # 1 would never move the average
     "phase.checkpoint_every": at_least(1),
     "progressive.rounds": at_least(1),
     "progressive.seeds": at_least(1),

@@ -129,6 +129,25 @@ def test_compress_cli_ans_step_writes_what_it_fine_tuned(source, tmp_path, capsy
     assert rc == 2 and "\n" not in err and "--step" in err and not (tmp_path / "d.nern").exists()
 
 
+def test_compress_cli_ema_keeps_the_average_and_reports_the_raw_weights(source, tmp_path, capsys):
+    """--ema: the fine-tune keeps its weight average (the file holds the quantised average: its validation
+    accuracy is the kept one) and reports the raw weights' kept step beside it; a decay of 1 is refused."""
+    out, js = tmp_path / "e.nern", tmp_path / "e.json"
+    rc = main([str(source), "--out", str(out), "--step", "0.05", "--steps", "4", "--eval-every", "2", "--ema", "0.5",
+               "--bn-batches", "0", "--rest", "fp32", "--no-progress", "--json", str(js)])
+    assert rc == 0, capsys.readouterr().out
+    res = json.loads(js.read_text())
+    assert res["qat_ema"] == 0.5 and res["qat_raw_best"]["step"] in (0, 2, 4)
+    assert set(res["qat_raw_best"]) >= {"step", "val_acc", "val_loss"} and "predictor" not in res["qat_raw_best"]
+    from nernfast.compress.cli import _accuracy
+    from nernfast.data import get_dataset
+    val = _accuracy(nernfast.load(out), get_dataset("digits", None, seed=0), "val", torch.device("cpu"))
+    assert val == res["qat_val_acc"]
+    rc = main([str(source), "--out", str(tmp_path / "f.nern"), "--ema", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "--ema" in err and not (tmp_path / "f.nern").exists()
+
+
 def test_finetune_distils_from_the_given_teacher(source):
     """--distill-from teacher: the KD source is the module passed, not the fp32 artefact's network."""
     from nernfast.compress.cli import run_teacher

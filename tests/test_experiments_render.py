@@ -57,3 +57,20 @@ def test_teacher_rows_name_each_teacher_without_its_checkpoint_paths(experiments
     assert teacher_name(ens) == "ensemble of 2 x resnet20, averaged with its mirror images"
     assert teacher_name({"teacher_source": "the original, averaged with its mirror images"}) == \
         "the original, averaged with its mirror images"
+
+
+def test_weight_average_section_compares_each_run_with_its_raw_weights(experiments):
+    from fashion_mnist_render import weight_average
+
+    def run(seed, avg_test, raw_test):
+        p2 = {"stage": "phase2-distillation", "best_step": 1800, "val_acc": 0.94, "test_acc": avg_test,
+              "raw_best": {"step": 1500, "val_acc": 0.935, "test_acc": raw_test}}
+        return {"run": {"seed": seed}, "stages": [{"stage": "phase1-reconstruction"}, p2],
+                "environment": {"cpu": "AMD EPYC"}}
+    groups = {("shipped", "teacher_decoupled", 0.35, "ema"): [run(0, 0.9330, 0.9320), run(1, 0.9310, 0.9290)],
+              ("shipped", "teacher_decoupled", 0.35, ""): [{"run": {"seed": 0}, "stages": [], "environment": {}}]}
+    text = "\n".join(weight_average(groups))
+    assert "| shipped teacher_decoupled ema | 0 | 1800, 94.00, 93.30 | 1500, 93.50, 93.20 | +0.10 | AMD EPYC |" in text
+    assert "| shipped teacher_decoupled ema | 1 |" in text and "+0.20 |" in text
+    assert "2 seeds: +0.15 [" in text
+    assert weight_average({("shipped", "decoupled", 0.35, ""): groups[("shipped", "teacher_decoupled", 0.35, "")]}) == []

@@ -172,8 +172,9 @@ def test_batchnorm_buffers_unchanged(nets, tmp_path):
             torch.testing.assert_close(v, sd[k], rtol=0, atol=0)
 
 
-def test_resume_equals_uninterrupted(nets, tmp_path, monkeypatch):
-    full = train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "a"), progress=False)
+@pytest.mark.parametrize("extra", [[], ["phase2.ema_decay=0.5"]], ids=["plain", "weight-average"])
+def test_resume_equals_uninterrupted(nets, tmp_path, monkeypatch, extra):
+    full = train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "a", extra), progress=False)
 
     from nernfast.training.state import RunState
     real_write = RunState.write
@@ -186,11 +187,12 @@ def test_resume_equals_uninterrupted(nets, tmp_path, monkeypatch):
             raise KeyboardInterrupt
     monkeypatch.setattr(RunState, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "b"), progress=False)
+        train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "b", extra), progress=False)
     monkeypatch.setattr(RunState, "write", real_write)
-    resumed = train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "b"), resume=True, progress=False)
+    resumed = train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "b", extra), resume=True, progress=False)
     for s_full, s_res in zip(full["stages"], resumed["stages"]):
         assert s_full["val_acc"] == s_res["val_acc"] and s_full["recon_l2"] == pytest.approx(s_res["recon_l2"], rel=1e-6)
+        assert [h["val_loss"] for h in s_full["history"]] == pytest.approx([h["val_loss"] for h in s_res["history"]])
     assert full["final"]["accuracy"] == resumed["final"]["accuracy"]
 
 
@@ -371,3 +373,26 @@ def test_recon_l2_selection_keeps_the_lowest_reconstruction_error(nets, tmp_path
     best = min(hist, key=lambda h: h["recon_l2"])
     assert stage["best_step"] == best["step"]
     assert stage["recon_l2"] == pytest.approx(best["recon_l2"], rel=1e-5)
+
+
+def test_weight_average_keeps_the_raw_trajectory_and_the_average(nets, tmp_path):
+    """With phase2.ema_decay the steps are those of the phase without it (raw scores recorded beside the
+    average's), and the artefact holds the average at its best evaluation."""
+    from nernfast.data import get_dataset
+    from nernfast.eval import accuracy
+    plain = train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "plain"), progress=False)
+    avg = train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "avg", ["phase2.ema_decay=0.5"]), progress=False)
+    p2_plain, p2_avg = plain["stages"][-1], avg["stages"][-1]
+    for h_plain, h_avg in zip(p2_plain["history"], p2_avg["history"], strict=True):
+        assert h_avg["step"] == h_plain["step"]
+        assert h_avg["raw_val_acc"] == h_plain["val_acc"] and h_avg["raw_val_loss"] == pytest.approx(h_plain["val_loss"])
+        assert h_avg["recon_l2"] == pytest.approx(h_plain["recon_l2"], rel=1e-6)
+    assert any(h["val_loss"] != pytest.approx(h["raw_val_loss"]) for h in p2_avg["history"][1:])
+    raw = p2_avg["raw_best"]  # the plain run's kept step, scores and test accuracy
+    assert (raw["step"], raw["val_acc"], raw["test_acc"]) == (p2_plain["best_step"], p2_plain["val_acc"], p2_plain["test_acc"])
+    assert raw["val_loss"] == pytest.approx(p2_plain["val_loss"]) and raw["test_loss"] == pytest.approx(p2_plain["test_loss"])
+    best = max(p2_avg["history"], key=lambda h: (h["val_acc"], -h["val_loss"]))
+    assert p2_avg["best_step"] == best["step"] and p2_avg["val_acc"] == best["val_acc"]
+    model = nernfast.load(tmp_path / "avg" / "nern.safetensors")
+    acc, loss = accuracy(model, get_dataset("digits").loader("val", 512))
+    assert acc == best["val_acc"] and loss == pytest.approx(best["val_loss"], rel=1e-4)

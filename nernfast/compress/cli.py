@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fmd-weight", type=float, default=0.0,
                    help="weight of the fine-tune's feature-map term toward the KD source's block outputs (the "
                         "phase-2 L_fmd; default 0)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep an exponential moving average of the fine-tuned weights (this decay per step) and "
+                        "select among its evaluations; the raw weights' kept step and accuracy are reported "
+                        "beside it (default 0: off)")
     p.add_argument("--bn-batches", type=int, default=50,
                    help="training batches to re-estimate the BN statistics with the quantised predictor, before "
                         "and after the fine-tune, each kept only if validation accuracy rises (0: keep the stored; "
@@ -149,6 +153,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--steps {args.steps}: must be >= 0 (0: quantise without fine-tuning)")
     if args.fmd_weight < 0:
         raise ValueError(f"--fmd-weight {args.fmd_weight}: must be >= 0")
+    if not 0 <= args.ema < 1:
+        raise ValueError(f"--ema {args.ema}: must be in [0, 1) (0: no average)")
     if args.bn_batches < 0:
         raise ValueError(f"--bn-batches {args.bn_batches}: must be >= 0 (0: keep the stored BN statistics)")
     weights = weight_scheme(args)  # a bad --step fails here, before any work
@@ -185,7 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         distill = run_teacher(cfg, bundle, device) if args.distill_from == "teacher" else None
         tune = finetune(nern, model, bundle, weights, args.steps, args.lr, args.seed, device,
                         progress=not args.no_progress, eval_every=args.eval_every, student=student, distill=distill,
-                        fmd_weight=args.fmd_weight)
+                        fmd_weight=args.fmd_weight, ema_decay=args.ema)
     qnern = _quantized_copy(nern, weights)  # the predictor as the file will decode it
     if args.steps and args.bn_batches:
         student, bn_info["after_finetune"] = better_bn(qnern, student, bundle, args, device)
@@ -193,7 +199,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scheme = replace(weights, rest=rest)
     info = {"source": str(src), "scheme": None, "max_bytes": budget,
             "qat_steps": args.steps, "qat_lr": args.lr, "qat_distill_from": args.distill_from,
-            "qat_fmd_weight": args.fmd_weight,
+            "qat_fmd_weight": args.fmd_weight, "qat_ema": args.ema,
+            "qat_raw_best": tune and tune.get("raw_best"),
             "qat_kept_step": tune and tune["best_step"], "qat_val_acc": tune and tune.get("val_acc"),
             "bn_batches": args.bn_batches, "bn_reestimation": bn_info, "step_allocation": allocation,
             "rest_choice": rest_info, "test_acc_before": before}

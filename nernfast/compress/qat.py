@@ -42,13 +42,15 @@ def fake_quantized(nern: NeRN, scheme: Scheme) -> Iterator[NeRN]:
 def finetune(nern: NeRN, model: nn.Module, bundle: Any, scheme: Scheme, steps: int, lr: float,
              seed: int = 0, device: str | torch.device = "cpu", progress: bool = False,
              batch_size: int = 128, eval_every: int = 50, student: nn.Module | None = None,
-             distill: nn.Module | None = None, fmd_weight: float = 0.0) -> dict[str, Any]:
+             distill: nn.Module | None = None, fmd_weight: float = 0.0, ema_decay: float = 0.0) -> dict[str, Any]:
     """Fine-tune ``nern`` (in place) for its form under ``scheme``; ``model`` holds the fp32 artefact's
     BN/FC (the teacher's), ``student`` the BN/FC the quantised network computes with (default:
     ``model``'s; e.g. re-estimated BN statistics), ``distill`` the frozen KD source (default: the fp32
     artefact's network, ``model`` with ``nern``'s fp32 weights), ``fmd_weight`` the weight of the
-    feature-map term toward the KD source's block outputs (as in phase 2). Returns the phase result (history, kept step,
-    validation accuracy of the kept predictor)."""
+    feature-map term toward the KD source's block outputs (as in phase 2), ``ema_decay`` > 0 keeps the
+    average of the latent weights (as ``PhaseConfig.ema_decay``). Returns the phase result (history, kept
+    step, validation accuracy of the kept predictor; with the average, ``raw_best``: the raw weights' kept
+    step and validation scores)."""
     from ..config import PhaseConfig, RunConfig
     from ..training.context import Context
     from ..training.logger import RunLogger
@@ -64,7 +66,7 @@ def finetune(nern: NeRN, model: nn.Module, bundle: Any, scheme: Scheme, steps: i
         target = ReconTarget(nern.plan, [w.detach() for w in nern.layer_weights()], device)
     phase = PhaseConfig(name="qat", steps=steps, optimizer="adam", lr=lr, lr_warmup_steps=min(50, steps // 5),
                         weight_decay=0.0, schedule="cosine", recon_loss="l2", recon_weight=0.1, kd_weight=1.0,
-                        fmd_weight=fmd_weight,
+                        fmd_weight=fmd_weight, ema_decay=ema_decay,
                         kd_loss="kl", data="dataset", distill_from="original", batch_size=batch_size,
                         eval_every=max(1, min(eval_every, steps)), select="val_acc", checkpoint_every=steps + 1)
     with tempfile.TemporaryDirectory(prefix="nernfast-qat-") as tmp:
@@ -85,4 +87,7 @@ def finetune(nern: NeRN, model: nn.Module, bundle: Any, scheme: Scheme, steps: i
 def _run(ctx: Any, nern: NeRN, phase: Any, nets: Any, eval_model: nn.Module, seed: int) -> dict:
     """The one call into the trainer's phase loop (kept here alone: its signature is the trainer's)."""
     from ..training.phase import run_phase
-    return run_phase(ctx, nern, phase, nets, eval_model, "qat", seed)
+    result = run_phase(ctx, nern, phase, nets, eval_model, "qat", seed)
+    if "raw_best" in result:
+        result["raw_best"].pop("predictor")  # only its scores are reported; the average is kept
+    return result

@@ -4,7 +4,10 @@ The predictor kept at the end of a phase is the best one by the phase's selectio
 evaluation points on the validation split (``val_acc``), on a fixed noise batch (``noise_kd``, for
 data-free phases), by the full reconstruction error (``recon_l2``: for a phase whose network is not
 used as it stands, e.g. when the next phase re-estimates its BatchNorm statistics) or simply the last
-(``last``). The test split is never used here.
+(``last``). With ``ema_decay`` the phase keeps an exponential moving average of the predictor's weights
+(nernfast.training.averaging): evaluations score and keep the average, and record the raw weights'
+validation scores beside it (``raw_val_acc``, ``raw_val_loss``); the steps themselves, and so the raw
+trajectory, are those of the same phase without it. The test split is never used here.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from ..config import PhaseConfig
 from ..losses import kd_loss
 from ..nern import NeRN
 from ..optim import build_optimizer, build_schedule
+from .averaging import WeightAverage
 from .context import Context
 from .objectives import PhaseNets, data_loss
 from .streams import DatasetStream, NoiseStream
@@ -100,17 +104,39 @@ class _PhaseLoop:
         if self.weights_batch_size < phase.weights_batch_size:
             ctx.logger.info(f"{stage}: weights_batch_size {phase.weights_batch_size} is more than the "
                             f"{nern.plan.num_rows} predicted rows; using {self.weights_batch_size}")
+        self.average = WeightAverage(nern.predictor, phase.ema_decay) if phase.ema_decay else None
         self.step = 0
         self.wall = 0.0                  # seconds spent in this phase before the current process's part
         self.t_start = time.perf_counter()
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
+        self.best_raw: dict[str, Any] | None = None  # with a weight average: what the phase without it keeps
 
-    def score(self) -> tuple[tuple[float, ...], dict[str, float]]:
-        phase, nern = self.phase, self.nern
-        with torch.no_grad():
-            err, drift = self.nets.target.refresh(nern.rows())
+    def score(self) -> tuple[tuple[float, ...], dict[str, float], tuple[float, ...] | None]:
+        """The selection score of the weights this phase would keep now, what was measured, and (with a
+        weight average) the raw weights' own score."""
+        with torch.no_grad():  # the raw weights set the l2 loss's scale: the steps see them, not the average
+            err, drift = self.nets.target.refresh(self.nern.rows())
         info = {"recon_l2": err["l2"], "recon_mse": err["mse"], "l2_scale_drift": drift}
+        if self.average is None:
+            s, measured = self._judge(err)
+            return s, {**info, **measured}, None
+        raw_s, raw = self._judge(err)
+        with self.average.swapped():
+            s, measured = self._judge(self.nets.target.error(self.nern.rows()))
+        return s, {**info, **{f"raw_{k}": v for k, v in raw.items()}, **measured}, raw_s
+
+    def kept_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the predictor this phase keeps when it scores best now (the average, if any)."""
+        if self.average is None:
+            return _clone_state(self.nern.predictor)
+        with self.average.swapped():
+            return _clone_state(self.nern.predictor)
+
+    def _judge(self, err: dict[str, float]) -> tuple[tuple[float, ...], dict[str, float]]:
+        """Score the predictor's current weights (``err``: their reconstruction error) by the phase's rule."""
+        phase, nern = self.phase, self.nern
+        info: dict[str, float] = {}
         if phase.select == "last":  # touches no data at all
             return (float(self.step),), info
         if phase.select == "noise_kd":
@@ -135,11 +161,16 @@ class _PhaseLoop:
             if self.stream is not None:
                 self.stream.load_state_dict(resume["stream"])
             self.nets.target.sq_error = resume["sq_error"]
+            if self.average is not None:
+                self.average.load_state_dict(resume["average"])
             self.step, self.history, self.best = resume["step"], resume["history"], resume["best"]
+            self.best_raw = resume.get("best_raw")
             self.wall = resume.get("wall_s", 0.0)
             return
-        s, info = self.score()
-        self.best = {"score": s, "step": 0, "predictor": _clone_state(self.nern.predictor), "info": info}
+        s, info, raw_s = self.score()
+        self.best = {"score": s, "step": 0, "predictor": self.kept_state(), "info": info}
+        if raw_s is not None:
+            self.best_raw = {"score": raw_s, "step": 0, "predictor": _clone_state(self.nern.predictor), "info": info}
         self.history.append({"stage": self.stage, "step": 0, **info})
         self.ctx.logger.log({"stage": self.stage, "step": 0, **info})
 
@@ -148,6 +179,7 @@ class _PhaseLoop:
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "gen": self.gen.get_state(),
                 "stream": self.stream.state_dict() if self.stream is not None else None,
                 "sq_error": self.nets.target.sq_error, "history": self.history, "best": self.best,
+                "average": self.average.state_dict() if self.average is not None else None, "best_raw": self.best_raw,
                 "wall_s": self.elapsed()}
 
     def elapsed(self) -> float:
@@ -187,13 +219,15 @@ class _PhaseLoop:
     def evaluate(self, parts: dict[str, float]) -> bool:
         """Score at an evaluation point and keep the best; True when the patience ran out."""
         phase, step = self.phase, self.step
-        s, info = self.score()
+        s, info, raw_s = self.score()
+        if raw_s is not None and raw_s > self.best_raw["score"]:
+            self.best_raw = {"score": raw_s, "step": step, "predictor": _clone_state(self.nern.predictor), "info": info}
         rec = {"stage": self.stage, "step": step, "wall_s": round(self.elapsed(), 2), "lr": self.sched.get_last_lr()[0],
                **parts, **info}
         self.history.append(rec)
         self.ctx.logger.log(rec)
         if s > self.best["score"] or phase.select == "last":
-            self.best = {"score": s, "step": step, "predictor": _clone_state(self.nern.predictor), "info": info}
+            self.best = {"score": s, "step": step, "predictor": self.kept_state(), "info": info}
         elif phase.patience and (step - self.best["step"]) >= phase.patience * phase.eval_every:
             self.ctx.logger.info(f"{self.stage}: no improvement for {phase.patience} evaluations, stopping at step {step}")
             return True
@@ -216,6 +250,8 @@ class _PhaseLoop:
             loss.backward()
             self.opt.step()
             self.sched.step()
+            if self.average is not None:
+                self.average.update()
             self.step += 1
             pbar.update(1)
             if self.step % 10 == 0 or self.step == phase.steps:
@@ -246,7 +282,12 @@ def run_phase(ctx: Context, nern: NeRN, phase: PhaseConfig, nets: PhaseNets, eva
     with torch.no_grad():
         err = nets.target.error(nern.rows())
     best = loop.best
-    return {"stage": stage, "phase": asdict(phase), "steps_run": loop.step, "wall_s": round(loop.elapsed(), 1),
-            "best_step": best["step"],
-            "selected_by": phase.select, "score": best["score"], **best["info"],
-            "recon_l2": err["l2"], "recon_mse": err["mse"], "diverged": diverged, "history": loop.history}
+    result = {"stage": stage, "phase": asdict(phase), "steps_run": loop.step, "wall_s": round(loop.elapsed(), 1),
+              "best_step": best["step"],
+              "selected_by": phase.select, "score": best["score"], **best["info"],
+              "recon_l2": err["l2"], "recon_mse": err["mse"], "diverged": diverged, "history": loop.history}
+    if loop.best_raw is not None:  # what the same phase without the average keeps (its steps are the same)
+        raw = loop.best_raw
+        result["raw_best"] = {"step": raw["step"], "score": raw["score"], "predictor": raw["predictor"],
+                              **{k[4:]: v for k, v in raw["info"].items() if k.startswith("raw_")}}
+    return result

@@ -92,6 +92,11 @@ class RecipeRunner:
             # Reported, never selected on: the kept predictor is fixed before the test set is read.
             res["test_acc"], res["test_loss"] = evaluate_val(self.ctx, nern, eval_model, "test")
             res["predictor"] = {k: v.detach().clone() for k, v in nern.predictor.state_dict().items()}
+            if "raw_best" in res:  # the phase kept a weight average: the raw weights it would keep otherwise, beside it
+                raw = res["raw_best"]
+                nern.predictor.load_state_dict(raw.pop("predictor"))
+                raw["test_acc"], raw["test_loss"] = evaluate_val(self.ctx, nern, eval_model, "test")
+                nern.predictor.load_state_dict(res["predictor"])
             return res
 
         result = self.state.stage(stage, run)
