@@ -3,7 +3,7 @@
 # original against nernfast's teacher_decoupled artefacts (H140, CR 0.35, seeds 0-2, the runs of
 # docs/fashion-mnist.md; trained by experiments/fashion_mnist.py when missing), each compact at int8, at
 # int7 in groups of 64 and entropy-coded (ans, step 0.035, shared and per layer; per layer fitted to 10 % of the
-# conv bytes; seed 0 also 0.07 and 0.15) (BN/FC fp16, the
+# conv bytes, also from the runs whose phase 2 kept a weight average; seed 0 also 0.07 and 0.15) (BN/FC fp16, the
 # default 400-step fine-tune), teacher_decoupled at H135 (int8; one seed)
 # and recon_only at H280 (CR 1.14) as other predictor sizes, the original's int8 PTQ and NNCodec.
 #   bash benchmarks/compression_fashion_mnist.sh     (from the repository root, after `make setup` and `make data`)
@@ -26,6 +26,9 @@ for S in 0 1 2; do
   # per layer, every step scaled to the finest whose file fits the 10 % target (106 963 bytes)
   compact shipped-teacher_decoupled-s$S ansLB --step 0.035 --per-layer --max-bytes 106963
 done
+for S in 0 1 2; do  # the same fit, from the runs whose phase 2 kept a weight average (phase2.ema_decay=0.998)
+  compact shipped-teacher_decoupled-ema-s$S ansLB --step 0.035 --per-layer --max-bytes 106963
+done
 for ST in 0.07 0.15; do compact shipped-teacher_decoupled-s0 ans$ST --step $ST; done  # smaller files (one seed)
 compact shipped-teacher_decoupled-h135-s0 int8 --bits 8  # the largest predictor whose int8 file fits in 10 % (one seed)
 [ -s $RUNS/shipped-recon_only-h280-s0/nern.safetensors ] ||
@@ -33,11 +36,13 @@ compact shipped-teacher_decoupled-h135-s0 int8 --bits 8  # the largest predictor
 ORIG=$($PY -c "from nernfast.pretrain import ensure_pretrained; print(ensure_pretrained('resnet20', 'fashion-mnist'))" 2>/dev/null)
 $PY benchmarks/compression_compare.py --dataset fashion-mnist --original "$ORIG" \
   --artefacts "$RUNS/shipped-teacher_decoupled-s[0-9]/nern.safetensors" \
+  --artefacts "$RUNS/shipped-teacher_decoupled-ema-s[0-9]/nern.safetensors" \
   --artefacts "$RUNS/shipped-recon_only-h280-s0/nern.safetensors" \
   --artefacts "$RUNS/shipped-teacher_decoupled-h135-s0/nern.safetensors" \
   --compact "$RUNS/compact/shipped-teacher_decoupled-s[0-9]-int[78].nern" \
   --compact "$RUNS/compact/shipped-teacher_decoupled-s[0-9]-ans0.*[0-9].nern" \
   --compact "$RUNS/compact/shipped-teacher_decoupled-s[0-9]-ansL0.*[0-9].nern" \
   --compact "$RUNS/compact/shipped-teacher_decoupled-s[0-9]-ansLB.nern" \
+  --compact "$RUNS/compact/shipped-teacher_decoupled-ema-s[0-9]-ansLB.nern" \
   --compact "$RUNS/compact/shipped-teacher_decoupled-h135-s0-int8.nern" \
   --nncodec-python "$NNC/bin/python" --qp -8 -12 -14 -16 -18 -20 -22 -24 -28 -32 -38 --out docs/compression/fashion-mnist

@@ -193,6 +193,8 @@ def targets(groups, orig_acc) -> list[str]:
                   ("teacher_decoupled ≥ original", tea, ORIGINAL, lambda m, lo: m >= 0),
                   ("teacher_decoupled with the stronger teacher (resnet20x2+flip) ≥ original",
                    _find(groups, o, "teacher_decoupled", variant="ens2"), ORIGINAL, lambda m, lo: m >= 0),
+                  ("teacher_decoupled with phase 2's weight average (phase2.ema_decay) ≥ original",
+                   _find(groups, o, "teacher_decoupled", variant="ema"), ORIGINAL, lambda m, lo: m >= 0),
                   ("noise_decoupled − decoupled (reported)", noise, dec, None)]
         if big:
             checks.append((f"recon_only at CR {big[0]['sizes']['compression_ratio']:.2f} ≥ original − 0.1 pt", big,

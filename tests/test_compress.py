@@ -205,6 +205,16 @@ def test_comparison_keeps_group_sizes_apart(source, tmp_path):
         rows.append(measure_artefact(str(out), bundle))
     assert [r["setting"] for r in rows] == ["H12 int7 g64 BN/FC fp16", "H12 int7 g128 BN/FC fp16"]
     assert sorted(p["n"] for p in aggregate(rows)) == [1, 1]
+    # a run trained with phase 2's weight average is its own group too (its config says so)
+    meta, _ = nernfast.artefact.read_artefact(source / "nern.safetensors")
+    nern, model, _ = nernfast.artefact.load_nern(source / "nern.safetensors")
+    ema_src = tmp_path / "ema.safetensors"
+    save_artefact(ema_src, nern, model, meta["architecture"], {"dataset": "digits", "phase2": {"ema_decay": 0.998}}, {})
+    assert main([str(ema_src), "--out", str(tmp_path / "ema.nern"), "--bits", "7", "--group", "64", "--steps", "0",
+                 "--bn-batches", "0", "--rest", "fp16", "--no-progress"]) == 0
+    ema = measure_artefact(str(tmp_path / "ema.nern"), bundle)
+    assert ema["setting"] == "H12 int7 g64 BN/FC fp16, phase-2 weight average 0.998"
+    assert sorted(p["n"] for p in aggregate(rows + [ema])) == [1, 1, 1]
 
 
 def test_compress_cli_max_bytes_fills_the_budget(source, tmp_path, capsys):
