@@ -81,7 +81,7 @@ def measure_artefact(path: str, bundle) -> dict:
         groups = f" g{scheme['group']}" if scheme["weights"] != "int8" and scheme.get("group") else ""
         method = f"nernfast compact {scheme['weights']}{groups}"
         setting = f"H{hidden} {scheme['weights']}{groups} BN/FC {scheme['rest']}"
-    ema = ((((meta.get("config") or {}).get("phase2")) or {}).get("ema_decay")) or 0
+    ema = ((meta.get("config") or {}).get("phase2") or {}).get("ema_decay")
     if ema:  # trained otherwise than the default: its own group
         setting += f", phase-2 weight average {ema:g}"
     size = Path(path).stat().st_size

@@ -2,7 +2,9 @@
 
 The average starts at zero and is divided by ``1 - decay**t`` as Adam's moments are, so after t steps
 it is the decay-weighted mean of the t weights seen, not pulled toward the starting weights (a plain
-average started at them would still hold 2 % of them after 2 000 steps at decay 0.998).
+average started at them would still hold 2 % of them after 2 000 steps at decay 0.998). Unlike
+``torch.optim.swa_utils.AveragedModel`` (a second module, started at the current weights) it keeps only
+the running sums and swaps the average into the phase's own predictor for evaluation.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ class WeightAverage:
             raise ValueError(f"ema decay {decay}: must be in (0, 1)")
         self.decay = decay
         self.params = list(module.parameters())
-        self.sums = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.sums = [torch.zeros_like(p) for p in self.params]
         self.updates = 0
 
     @torch.no_grad()
