@@ -132,7 +132,8 @@ def render(raw_dir: Path, out_dir: Path, page: Path) -> str:
         m, lo, hi = diff(runs, None)
         p1 = [stage(r, "phase1") or stage(r, "round1") for r in runs]
         p1s = "; ".join(pct(s["test_acc"]) for s in p1 if s) if recipe not in ("baseline", "recon_only") else "–"
-        recal = [st["bn_recalibration"]["val_acc"] for r in runs for st in r["stages"] if st.get("bn_recalibration")]
+        recal = [st["bn_recalibration"]["val_acc"] for r in runs for st in r["stages"]
+                 if st.get("bn_recalibration") and st["stage"].startswith("phase2")]
         if recal:  # phase 2's start: the same network with BN statistics re-estimated (validation split)
             p1s += " (BN re-est.: val " + "; ".join(pct(v) for v in recal) + ")"
         wall = sum(train_seconds(r) for r in runs) / len(runs) / 60
@@ -149,12 +150,7 @@ def render(raw_dir: Path, out_dir: Path, page: Path) -> str:
     lines.append("")
     lines += precision_check(groups)
     lines += weight_average(groups)
-    for o in ORIGINALS:
-        prog = groups.get(next((k for k in groups if k[0] == o and k[1] == "progressive"), None), [])
-        for r in prog:
-            lines += [f"Progressive rounds ({o} original, seed {r['run']['seed']}): " + ", ".join(
-                f"{s['stage']} val {pct(s.get('val_acc'))} / test {pct(s.get('test_acc'))}"
-                + (" (kept)" if s.get("kept") else "") for s in r["stages"]), ""]
+    lines += progressive_rounds(groups)
     lines += plots(groups, out_dir)
     text = "\n".join(lines) + "\n"
     page.write_text(text)
@@ -181,7 +177,8 @@ def targets(groups, orig_acc) -> list[str]:
         dec, base, rec = (_find(groups, o, r) for r in ("decoupled", "baseline", "recon_only"))
         tea, noise = _find(groups, o, "teacher_decoupled"), _find(groups, o, "noise_decoupled")
         big = next((v for (go, gr, cr, _), v in groups.items() if go == o and gr == "recon_only" and cr > 1), None)
-        prog = next((v for (go, gr, _, _), v in groups.items() if go == o and gr == "progressive"), None)
+        prog = sorted(((v, runs) for (go, gr, _, v), runs in groups.items() if go == o and gr == "progressive"),
+                      key=lambda vr: vr[0])
         if not any((dec, base, rec, tea, noise, big, prog)):
             continue
         out.append(f"Original `{o}` ({pct(orig_acc[o])} %):")
@@ -205,15 +202,35 @@ def targets(groups, orig_acc) -> list[str]:
             m, lo, hi = diff(runs, None if against is ORIGINAL else against)
             verdict = "" if rule is None else f"{_verdict(rule(m, lo))} "
             out.append(f"- {label}: {verdict}({interval(m, lo, hi)} pt)")
-        if prog:
-            for r in prog:
+        for variant, runs in prog:
+            for r in runs:
                 rounds = [s for s in r["stages"] if s.get("best_of_round")]  # every round, not only the kept
                 ok = len({s.get("round") for s in r["stages"]}) >= 3 and all(
                     s["val_acc"] >= rounds[0]["val_acc"] for s in rounds)
-                out.append(f"- progressive: ≥ 3 rounds run and none below round 1: {_verdict(ok)} (rounds' best val "
-                           + ", ".join(pct(s["val_acc"]) for s in rounds) + ")")
+                out.append(f"- progressive{f' ({variant})' if variant else ''}: ≥ 3 rounds run and none below round "
+                           f"1: {_verdict(ok)} (rounds' best val " + ", ".join(pct(s["val_acc"]) for s in rounds)
+                           + "; test " + ", ".join(pct(s["test_acc"]) for s in rounds) + ")")
         out.append("")
     return out
+
+
+def progressive_rounds(groups) -> list[str]:
+    """Every round of every progressive run; with re-estimated BN statistics (progressive.bn_recalibration)
+    the round's figures are its re-estimated network's, the ones it had with the inherited statistics beside."""
+    lines = []
+    for (o, recipe, _, variant), runs in sorted(groups.items(), key=lambda kv: (ORIGINALS.index(kv[0][0]), kv[0][3])):
+        if recipe != "progressive":
+            continue
+        for r in runs:
+            def one(s: dict) -> str:
+                t = f"{s['stage']} val {pct(s.get('val_acc'))} / test {pct(s.get('test_acc'))}"
+                if s.get("bn_recalibration"):
+                    b = s["bn_recalibration"]
+                    t += f" (inherited BN statistics: val {pct(b['val_acc_before'])} / test {pct(b['test_acc_before'])})"
+                return t + (" (kept)" if s.get("kept") else "")
+            lines += [f"Progressive rounds ({o} original, {variant or 'default'}, seed {r['run']['seed']}): "
+                      + ", ".join(one(s) for s in r["stages"]), ""]
+    return lines
 
 
 def precision_check(groups) -> list[str]:

@@ -8,7 +8,9 @@ standard remedy (e.g. Nagel et al., "A White Paper on Neural Network Quantizatio
 before the distillation phase (``phase2.bn_recalibration``: Fashion-MNIST after phase 1 63 -> 91 %
 and 83 -> 93 % validation accuracy, docs/fashion-mnist-tuning.md, R1) and by nernfast.compress
 around its fine-tune. BN layers are not predicted: an artefact stores their statistics anyway, so
-this costs no bytes.
+this costs no bytes. Also after each progressive round (``progressive.bn_recalibration``), whose
+rounds otherwise inherit statistics measured on ever older weights. ``load_buffers`` puts statistics
+gathered elsewhere (a phase that trains with batch statistics, ``phase.bn_batch_stats``) into a network.
 """
 from __future__ import annotations
 
@@ -35,3 +37,11 @@ def recalibrated(nern: Any, model: nn.Module, bundle: Any, batches: int, device:
     with torch.no_grad():
         update_bn(itertools.islice(loader, batches), m, device)
     return m.eval()
+
+
+def load_buffers(model: nn.Module, buffers: dict[str, torch.Tensor]) -> nn.Module:
+    """Copy ``buffers`` (name -> tensor, every buffer of ``model``: BN running statistics) into ``model``."""
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+    return model

@@ -88,6 +88,9 @@ class PhaseConfig:
     augment: bool = True
     bn_recalibration: int = 0            # before the phase: re-estimate the rebuilt network's BN statistics
                                          # on this many unaugmented training batches (0: keep the original's)
+    bn_batch_stats: bool = False         # the rebuilt network's BN layers normalise with each image batch's
+                                         # statistics during the steps (training mode), their running
+                                         # statistics follow by momentum and are kept with the predictor
     noise_low: float = -2.0
     noise_high: float = 2.0
     weights_batch_method: str = "random_weighted_batch"
@@ -106,6 +109,8 @@ class ProgressiveConfig:
     rounds: int = 3
     seeds: int = 2
     all_rounds: bool = True   # run every round even after one stops improving (reported, never kept)
+    bn_recalibration: int = 0  # after each round: re-estimate its network's BN statistics on this many training
+                               # batches; the round is scored with them and the next round inherits them
 
 
 @dataclass

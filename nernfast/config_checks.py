@@ -77,6 +77,7 @@ RANGES: dict[str, Range] = {
     "phase.checkpoint_every": at_least(1),
     "progressive.rounds": at_least(1),
     "progressive.seeds": at_least(1),
+    "progressive.bn_recalibration": NONNEGATIVE,
     "eval.batch_size": at_least(1),
     "eval.fgsm_eps": NONNEGATIVE,
     "eval.ifgsm_eps": NONNEGATIVE,
@@ -162,6 +163,9 @@ def check(cfg: RunConfig) -> None:
         p = getattr(cfg, key)
         if not p.noise_low < p.noise_high:
             raise _fail(f"{key}.noise_low", p.noise_low, f"below {key}.noise_high = {p.noise_high!r}")
+        if p.bn_batch_stats and p.data != "dataset":
+            raise ConfigError(f"{key}.bn_batch_stats needs training images but {key}.data = {p.data!r}; "
+                              f"pass --set {key}.bn_batch_stats=false or --set {key}.data=dataset")
         if p.bn_recalibration and p.data != "dataset":
             raise ConfigError(f"{key}.bn_recalibration = {p.bn_recalibration} needs training images but "
                               f"{key}.data = {p.data!r}; pass --set {key}.bn_recalibration=0 or "

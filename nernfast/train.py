@@ -174,7 +174,7 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite: 
         if ctx.teacher is not None else None,
         "teacher_check": ctx.teacher_check,
         "final": evaluate_model(final_model, ctx.bundle, log=say("final model"), **ekw),
-        "stages": [{k: v for k, v in s.items() if k not in ("predictor",)} for s in produced.stages],
+        "stages": [{k: v for k, v in s.items() if k not in ("predictor", "bn_buffers")} for s in produced.stages],
         "sizes": nern.size_report(),
         "config": to_dict(cfg),
         "environment": {"torch": str(torch.__version__), "python": platform.python_version(),

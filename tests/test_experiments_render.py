@@ -74,3 +74,27 @@ def test_weight_average_section_compares_each_run_with_its_raw_weights(experimen
     assert "| shipped teacher_decoupled ema | 1 |" in text and "+0.20 |" in text
     assert "2 seeds: +0.15 [" in text
     assert weight_average({("shipped", "decoupled", 0.35, ""): groups[("shipped", "teacher_decoupled", 0.35, "")]}) == []
+
+
+def test_progressive_rounds_show_the_re_estimated_and_inherited_figures(experiments):
+    from fashion_mnist_render import progressive_rounds, targets
+
+    def rnd(r, val, test, before=None):
+        s = {"stage": f"round{r}-seed0", "round": r, "best_of_round": True, "val_acc": val, "test_acc": test}
+        if before:
+            s["bn_recalibration"] = {"batches": 40, "val_acc_before": before[0], "test_acc_before": before[1]}
+        return s
+    recal = {"run": {"seed": 0}, "final": {"accuracy": 0.934}, "stages": [
+        rnd(1, 0.940, 0.934, (0.939, 0.933)), rnd(2, 0.941, 0.935, (0.937, 0.931)), rnd(3, 0.9405, 0.930)]}
+    recal["stages"][1]["kept"] = True
+    plain = {"run": {"seed": 0}, "final": {"accuracy": 0.933},
+             "stages": [rnd(1, 0.940, 0.933), rnd(2, 0.937, 0.932), rnd(3, 0.930, 0.927)]}
+    groups = {("shipped", "progressive", 1.14, "bnrecal"): [recal], ("shipped", "progressive", 1.14, ""): [plain]}
+    text = "\n".join(progressive_rounds(groups))
+    assert ("round2-seed0 val 94.10 / test 93.50 (inherited BN statistics: val 93.70 / test 93.10) (kept)" in text)
+    assert "(shipped original, default, seed 0)" in text and "(shipped original, bnrecal, seed 0)" in text
+    lines = [ln for ln in targets(groups, {"shipped": 0.9347}) if ln.startswith("- progressive")]
+    assert lines == ["- progressive: ≥ 3 rounds run and none below round 1: **missed** (rounds' best val "
+                     "94.00, 93.70, 93.00; test 93.30, 93.20, 92.70)",
+                     "- progressive (bnrecal): ≥ 3 rounds run and none below round 1: **met** (rounds' best val "
+                     "94.00, 94.10, 94.05; test 93.40, 93.50, 93.00)"]

@@ -20,7 +20,7 @@ TINY = [
     "phase1.weights_batch_size=512", "phase1.warmup_steps=6", "phase1.batch_size=32",
     "phase2.steps=6", "phase2.eval_every=3", "phase2.checkpoint_every=2", "phase2.batch_size=32",
     "phase2.lr_warmup_steps=2",
-    "phase2.weights_batch_size=512", "progressive.rounds=2", "progressive.seeds=1",
+    "phase2.weights_batch_size=512", "progressive.rounds=2", "progressive.seeds=1", "progressive.bn_recalibration=2",
     "eval.ood=false", "eval.attacks=false", "eval.batch_size=512",
     "share_phase1=false",  # each test runs its own phase 1 (test_phase1_is_shared turns it on)
 ]
@@ -172,7 +172,8 @@ def test_batchnorm_buffers_unchanged(nets, tmp_path):
             torch.testing.assert_close(v, sd[k], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("extra", [[], ["phase2.ema_decay=0.5"]], ids=["plain", "weight-average"])
+@pytest.mark.parametrize("extra", [[], ["phase2.ema_decay=0.5"], ["phase2.bn_batch_stats=true"]],
+                         ids=["plain", "weight-average", "batch-statistics"])
 def test_resume_equals_uninterrupted(nets, tmp_path, monkeypatch, extra):
     full = train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "a", extra), progress=False)
 
@@ -263,6 +264,27 @@ def test_phase1_is_shared_between_recipes_that_start_alike(nets, tmp_path):
     assert d["stages"][0]["recon_l2"] == pa["recon_l2"] and d["final"]["accuracy"] == b["final"]["accuracy"]
 
 
+def test_phase1_key_ignores_options_added_at_their_defaults(monkeypatch):
+    """An option added to PhaseConfig after cache entries were made keeps their keys while at its default."""
+    import dataclasses
+    from types import SimpleNamespace
+    from nernfast.training import shared
+
+    original = torch.nn.Linear(2, 2)
+
+    def key(phase1, fields_of=dataclasses.asdict):
+        monkeypatch.setattr(shared, "asdict", fields_of)
+        ctx = SimpleNamespace(cfg=resolve("decoupled", sets=[]), original=original,
+                              bundle=SimpleNamespace(name="digits", source="x", val=[0] * 3), precision="float32",
+                              channels_last=False, device="cpu")
+        ctx.cfg.phase1 = phase1
+        return shared.phase1_key(ctx)
+    p1 = resolve("decoupled", sets=[]).phase1
+    before = key(p1, lambda d: {k: v for k, v in dataclasses.asdict(d).items() if k != "bn_batch_stats"})
+    assert key(p1) == before  # as keyed before the option existed
+    assert key(dataclasses.replace(p1, bn_batch_stats=True)) != before
+
+
 def test_trainer_predicts_only_the_selected_layers(nets, tmp_path):
     from nernfast.checkpoints import read_checkpoint
     train_cli.run(tiny_cfg("recon_only", nets, tmp_path, ["nern.exclude=[conv1]", "phase1.steps=2"]), progress=False)
@@ -296,13 +318,67 @@ def test_progressive_runs_and_reports_every_round(nets, tmp_path, monkeypatch):
         res["val_acc"] = next(vals)
         return res
     monkeypatch.setattr(recipes_mod.RecipeRunner, "phase", scored)
-    res = train_cli.run(tiny_cfg("progressive", nets, tmp_path, ["progressive.rounds=3"]), progress=False)
+    res = train_cli.run(tiny_cfg("progressive", nets, tmp_path, ["progressive.rounds=3", "progressive.bn_recalibration=0"]),
+                        progress=False)  # the scores above stand (re-estimation would re-measure them)
     rounds = [s.get("round") for s in res["stages"]]
     assert rounds == [1, 2, 3] and all(s.get("best_of_round") for s in res["stages"])
     assert [s["stage"] for s in res["stages"] if s.get("kept")] == ["round1-seed0"]
     assert [s["stage"] for s in res["stages"] if s.get("stopped_here")] == ["round2-seed0"]
     r1 = res["stages"][0]
     assert res["final"]["accuracy"] == r1["test_acc"]  # the artefact is round 1's predictor
+
+
+def test_progressive_rounds_carry_their_own_statistics(nets, tmp_path, monkeypatch):
+    """progressive.bn_recalibration: each round is scored with BN statistics re-estimated for its network,
+    the next round reconstructs (and is evaluated in) that network, and the artefact keeps the kept round's."""
+    from nernfast.checkpoints import read_checkpoint
+    shells, measured = [], {}
+    real_recal, real_run = recipes_mod.recalibrated, phase_mod.run_phase
+
+    def recal(*a, **k):
+        shells.append(real_recal(*a, **k))
+        return shells[-1]
+
+    def spy(ctx, nern, phase, nets_, eval_model, stage, *a, **k):
+        res = real_run(ctx, nern, phase, nets_, eval_model, stage, *a, **k)
+        measured[stage] = (eval_model, nets_, res["val_acc"])
+        return res
+    monkeypatch.setattr(recipes_mod, "recalibrated", recal)
+    monkeypatch.setattr(recipes_mod, "run_phase", spy)
+    vals = iter([0.5, 0.6])  # round 2 improves: it is kept
+
+    real_recal_round = recipes_mod.RecipeRunner.recalibrate_round
+
+    def scored(self, *a, **k):
+        shell = real_recal_round(self, *a, **k)
+        a[2]["val_acc"] = next(vals)
+        return shell
+    monkeypatch.setattr(recipes_mod.RecipeRunner, "recalibrate_round", scored)
+    res = train_cli.run(tiny_cfg("progressive", nets, tmp_path, ["progressive.bn_recalibration=3"]), progress=False)
+    key = "layer3.2.bn2.running_mean"
+    orig = read_checkpoint(nets[0])["state_dict"][key]
+    assert len(shells) == 2 and not torch.equal(shells[0].state_dict()[key], orig)
+    r1, r2 = res["stages"]
+    for s in (r1, r2):  # the phase's own figure (the inherited statistics) moved beside the re-estimated one
+        assert s["bn_recalibration"]["batches"] == 3
+        assert s["bn_recalibration"]["val_acc_before"] == measured[s["stage"]][2]
+        assert s["bn_recalibration"]["test_acc"] == s["test_acc"]
+    assert torch.equal(measured["round1-seed0"][0].state_dict()[key], orig)
+    round2_eval, round2_nets, _ = measured["round2-seed0"]
+    assert torch.equal(round2_eval.state_dict()[key], shells[0].state_dict()[key])
+    for t, w in zip(round2_nets.target.weights, round2_nets.target.plan.weights_of(shells[0])):
+        torch.testing.assert_close(t, w, rtol=0, atol=0)  # round 2 reconstructs round 1's network
+    assert r2.get("kept") and res["final"]["accuracy"] == r2["test_acc"]  # scored on its own statistics
+    model = nernfast.load(tmp_path / "nern.safetensors")
+    torch.testing.assert_close(model.state_dict()[key], shells[1].state_dict()[key], rtol=0, atol=0)
+
+
+def test_progressive_recalibration_is_on_by_default_and_checked():
+    assert resolve("progressive").progressive.bn_recalibration == 40
+    assert resolve("progressive", config="fashion_mnist.yaml").progressive.bn_recalibration == 40
+    assert resolve("progressive", sets=["progressive.bn_recalibration=0"]).progressive.bn_recalibration == 0
+    with pytest.raises(ConfigError, match=r"progressive.bn_recalibration = -1 is out of range"):
+        resolve("progressive", sets=["progressive.bn_recalibration=-1"])
 
 
 def test_phase2_starts_from_recalibrated_statistics(nets, tmp_path, monkeypatch):
@@ -332,6 +408,41 @@ def test_phase2_starts_from_recalibrated_statistics(nets, tmp_path, monkeypatch)
     assert rec["batches"] == 40 and rec["val_acc_before"] == res["stages"][0]["val_acc"]
     model = nernfast.load(tmp_path / "nern.safetensors")
     torch.testing.assert_close(model.state_dict()[key], eval_model.state_dict()[key], rtol=0, atol=0)
+
+
+def test_phase2_with_batch_statistics_keeps_the_kept_steps(nets, tmp_path, monkeypatch):
+    """phase2.bn_batch_stats: the student's BN layers normalise with batch statistics during the steps, the
+    running statistics they gather are what evaluations use, and the kept step's go into the artefact."""
+    modes, results, starts = [], {}, {}
+    real_loss, real_run = phase_mod.data_loss, phase_mod.run_phase
+
+    def loss_spy(nern, phase, nets_, *a, **k):
+        modes.append(nets_.shell.training)
+        return real_loss(nern, phase, nets_, *a, **k)
+
+    def run_spy(ctx, nern, phase, nets_, eval_model, stage, *a, **k):
+        starts[stage] = {n: b.clone() for n, b in nets_.shell.named_buffers()}
+        results[stage] = real_run(ctx, nern, phase, nets_, eval_model, stage, *a, **k)
+        results[stage + "/eval"] = eval_model
+        return results[stage]
+    monkeypatch.setattr(phase_mod, "data_loss", loss_spy)
+    monkeypatch.setattr(recipes_mod, "run_phase", run_spy)
+    res = train_cli.run(tiny_cfg("decoupled", nets, tmp_path, ["phase2.bn_batch_stats=true", "phase2.eval_every=2"]),
+                        progress=False)
+    assert modes and all(modes)
+    p2 = results["phase2-distillation"]
+    key = "layer3.2.bn2.running_mean"
+    kept = p2["bn_buffers"]
+    assert not torch.equal(kept[key], starts["phase2-distillation"][key]) or p2["best_step"] == 0
+    assert int(kept["bn1.num_batches_tracked"]) == int(starts["phase2-distillation"]["bn1.num_batches_tracked"]) \
+        + p2["best_step"]  # the statistics of the kept step, not of the last
+    torch.testing.assert_close(results["phase2-distillation/eval"].state_dict()[key], kept[key], rtol=0, atol=0)
+    model = nernfast.load(tmp_path / "nern.safetensors")
+    torch.testing.assert_close(model.state_dict()[key], kept[key], rtol=0, atol=0)
+    assert res["final"]["accuracy"] == p2["test_acc"]  # the test figure was measured with them
+    assert "bn_buffers" not in json.loads((tmp_path / "results.json").read_text())["stages"][1]
+    with pytest.raises(ConfigError, match=r"phase2.bn_batch_stats needs training images but phase2.data = 'noise'"):
+        resolve("decoupled", sets=["phase2.data=noise", "phase2.bn_recalibration=0", "phase2.bn_batch_stats=true"])
 
 
 def test_no_recalibration_keeps_the_original_statistics(nets, tmp_path):

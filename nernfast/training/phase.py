@@ -7,7 +7,10 @@ used as it stands, e.g. when the next phase re-estimates its BatchNorm statistic
 (``last``). With ``ema_decay`` the phase keeps an exponential moving average of the predictor's weights
 (nernfast.training.averaging): evaluations score and keep the average, and record the raw weights'
 validation scores beside it (``raw_val_acc``, ``raw_val_loss``); the steps themselves, and so the raw
-trajectory, are those of the same phase without it. The test split is never used here.
+trajectory, are those of the same phase without it. With ``bn_batch_stats`` the rebuilt network trains
+as networks are trained, its BN layers normalising with each batch's statistics; their running statistics
+(updated by momentum, on the augmented batches) are what evaluations use, and the kept step's are kept
+with its predictor (``bn_buffers`` of the result). The test split is never used here.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..batching import sample_rows
+from ..bn_stats import load_buffers
 from ..config import PhaseConfig
 from ..losses import kd_loss
 from ..nern import NeRN
@@ -105,6 +109,8 @@ class _PhaseLoop:
             ctx.logger.info(f"{stage}: weights_batch_size {phase.weights_batch_size} is more than the "
                             f"{nern.plan.num_rows} predicted rows; using {self.weights_batch_size}")
         self.average = WeightAverage(nern.predictor, phase.ema_decay) if phase.ema_decay else None
+        if phase.bn_batch_stats:
+            nets.shell.train()  # functional_call swaps in the predicted weights; the buffers are the shell's own
         self.step = 0
         self.wall = 0.0                  # seconds spent in this phase before the current process's part
         self.t_start = time.perf_counter()
@@ -117,6 +123,8 @@ class _PhaseLoop:
         weight average) the raw weights' own score."""
         with torch.no_grad():  # the raw weights set the l2 loss's scale: the steps see them, not the average
             err, drift = self.nets.target.refresh(self.nern.rows())
+        if self.phase.bn_batch_stats:  # evaluate with the statistics the steps have gathered so far
+            load_buffers(self.eval_model, self.bn_buffers())
         info = {"recon_l2": err["l2"], "recon_mse": err["mse"], "l2_scale_drift": drift}
         if self.average is None:
             s, measured = self._judge(err)
@@ -125,6 +133,12 @@ class _PhaseLoop:
         with self.average.swapped():
             s, measured = self._judge(self.nets.target.error(self.nern.rows()))
         return s, {**info, **{f"raw_{k}": v for k, v in raw.items()}, **measured}, raw_s
+
+    def bn_buffers(self) -> dict[str, torch.Tensor] | None:
+        """A copy of the student's BN running statistics when the steps move them, else None."""
+        if not self.phase.bn_batch_stats:
+            return None
+        return {k: v.detach().clone() for k, v in self.nets.shell.named_buffers()}
 
     def kept_state(self) -> dict[str, torch.Tensor]:
         """A copy of the predictor this phase keeps when it scores best now (the average, if any)."""
@@ -161,6 +175,8 @@ class _PhaseLoop:
             if self.stream is not None:
                 self.stream.load_state_dict(resume["stream"])
             self.nets.target.sq_error = resume["sq_error"]
+            if resume.get("bn_buffers") is not None:
+                load_buffers(self.nets.shell, resume["bn_buffers"])
             if self.average is not None:
                 self.average.load_state_dict(resume["average"])
             self.step, self.history, self.best = resume["step"], resume["history"], resume["best"]
@@ -168,7 +184,8 @@ class _PhaseLoop:
             self.wall = resume.get("wall_s", 0.0)
             return
         s, info, raw_s = self.score()
-        self.best = {"score": s, "step": 0, "predictor": self.kept_state(), "info": info}
+        self.best = {"score": s, "step": 0, "predictor": self.kept_state(), "info": info,
+                     "bn_buffers": self.bn_buffers()}
         if raw_s is not None:
             self.best_raw = {"score": raw_s, "step": 0, "predictor": _clone_state(self.nern.predictor), "info": info}
         self.history.append({"stage": self.stage, "step": 0, **info})
@@ -180,6 +197,7 @@ class _PhaseLoop:
                 "stream": self.stream.state_dict() if self.stream is not None else None,
                 "sq_error": self.nets.target.sq_error, "history": self.history, "best": self.best,
                 "average": self.average.state_dict() if self.average is not None else None, "best_raw": self.best_raw,
+                "bn_buffers": self.bn_buffers(),
                 "wall_s": self.elapsed()}
 
     def elapsed(self) -> float:
@@ -227,7 +245,8 @@ class _PhaseLoop:
         self.history.append(rec)
         self.ctx.logger.log(rec)
         if s > self.best["score"] or phase.select == "last":
-            self.best = {"score": s, "step": step, "predictor": self.kept_state(), "info": info}
+            self.best = {"score": s, "step": step, "predictor": self.kept_state(), "info": info,
+                         "bn_buffers": self.bn_buffers()}
         elif phase.patience and (step - self.best["step"]) >= phase.patience * phase.eval_every:
             self.ctx.logger.info(f"{self.stage}: no improvement for {phase.patience} evaluations, stopping at step {step}")
             return True
@@ -279,6 +298,8 @@ def run_phase(ctx: Context, nern: NeRN, phase: PhaseConfig, nets: PhaseNets, eva
     loop.start(resume)
     diverged = loop.train(save)  # reported by the recipe, which stops there (PhaseDiverged)
     nern.predictor.load_state_dict(loop.best["predictor"])
+    if loop.best.get("bn_buffers") is not None:  # the kept step's statistics go with its predictor
+        load_buffers(eval_model, loop.best["bn_buffers"])
     with torch.no_grad():
         err = nets.target.error(nern.rows())
     best = loop.best
@@ -286,6 +307,8 @@ def run_phase(ctx: Context, nern: NeRN, phase: PhaseConfig, nets: PhaseNets, eva
               "best_step": best["step"],
               "selected_by": phase.select, "score": best["score"], **best["info"],
               "recon_l2": err["l2"], "recon_mse": err["mse"], "diverged": diverged, "history": loop.history}
+    if loop.best.get("bn_buffers") is not None:
+        result["bn_buffers"] = loop.best["bn_buffers"]
     if loop.best_raw is not None:  # what the same phase without the average keeps (its steps are the same)
         raw = loop.best_raw
         result["raw_best"] = {"step": raw["step"], "score": raw["score"], "predictor": raw["predictor"],

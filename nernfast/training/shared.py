@@ -22,13 +22,17 @@ import torch
 
 # Bump when the phase code changes what a phase produces.
 SHARED_VERSION = 1
+# Phase options added after entries were made: at these values they leave phase 1 as it was, so they stay
+# out of the key and the earlier entries still match.
+_ADDED_AT_DEFAULT = {"bn_batch_stats": False}
 
 
 def phase1_key(ctx: Any) -> str:
     from ..eval.cache import state_digest
     cfg = ctx.cfg
+    phase1 = {k: v for k, v in asdict(cfg.phase1).items() if k not in _ADDED_AT_DEFAULT or v != _ADDED_AT_DEFAULT[k]}
     key = {"original": state_digest(ctx.original), "dataset": ctx.bundle.name, "source": str(ctx.bundle.source),
-           "val": len(ctx.bundle.val), "nern": asdict(cfg.nern), "phase1": asdict(cfg.phase1), "seed": cfg.seed,
+           "val": len(ctx.bundle.val), "nern": asdict(cfg.nern), "phase1": phase1, "seed": cfg.seed,
            "init_from": cfg.init_from, "precision": ctx.precision, "channels_last": ctx.channels_last,
            "device": str(ctx.device), "torch": str(torch.__version__),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
