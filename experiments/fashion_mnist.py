@@ -127,6 +127,9 @@ def plan() -> list[Run]:
     # statistics at 3e-5 (fixed-bn), and the batch statistics at that rate (lr3e-5)
     runs += [Run(f"shipped-teacher_decoupled-fixed-bn-s{s}", "teacher_decoupled", s) for s in range(3)]
     runs += [Run("shipped-teacher_decoupled-lr3e-5-s0", "teacher_decoupled", extra=("phase2.lr=3e-5",))]
+    # the same phase 2 for decoupled (whose default keeps the fixed statistics)
+    runs += [Run(f"shipped-decoupled-bnbatch-lr1e-4-s{s}", "decoupled", s,
+                 extra=("phase2.bn_batch_stats=true", "phase2.lr=1e-4")) for s in range(2)]
     # Earlier phase 1: the l2 loss's scale re-measured at evaluations only, the kept step chosen by validation
     # accuracy with the original's BN statistics (docs/fashion-mnist-tuning.md, S1). Every run below used it.
     old_phase1 = ("phase1.l2_scale_every=0", "phase1.select=val_acc")
