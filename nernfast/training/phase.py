@@ -124,7 +124,7 @@ class _PhaseLoop:
         with torch.no_grad():  # the raw weights set the l2 loss's scale: the steps see them, not the average
             err, drift = self.nets.target.refresh(self.nern.rows())
         if self.phase.bn_batch_stats:  # evaluate with the statistics the steps have gathered so far
-            load_buffers(self.eval_model, self.bn_buffers())
+            load_buffers(self.eval_model, dict(self.nets.shell.named_buffers()))
         info = {"recon_l2": err["l2"], "recon_mse": err["mse"], "l2_scale_drift": drift}
         if self.average is None:
             s, measured = self._judge(err)

@@ -178,6 +178,9 @@ class RecipeRunner:
                     best = (res, nern, shell)
             res, nern, shell = best
             res["best_of_round"] = True
+            if shell is None:  # this round's network on the statistics it inherited
+                shell = copy_frozen(target)
+                nern.materialize_(shell)
             # The paper's rule picks the result: the chain stops at the first round that does not
             # improve validation accuracy. Later rounds still run (progressive.all_rounds) so that
             # every round is reported, but none of them can be kept.
@@ -191,12 +194,9 @@ class RecipeRunner:
                     break
             else:
                 prev_acc = res["val_acc"]
-                kept, kept_res = RecipeResult(nern, target if shell is None else shell, self.stages), res
+                kept, kept_res = RecipeResult(nern, shell, self.stages), res
             # The next round reconstructs this round's network: its weights, and its re-estimated BN
             # statistics if any (BN affine parameters and FC stay the original's).
-            if shell is None:
-                shell = copy_frozen(target)
-                nern.materialize_(shell)
             target = shell
         kept_res["kept"] = True
         return kept
