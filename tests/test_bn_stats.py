@@ -49,7 +49,7 @@ def test_statistics_are_those_of_the_rebuilt_network(shell_and_nern):
 
 def test_recalibration_needs_training_images():
     with pytest.raises(ConfigError, match=r"phase2.bn_recalibration = 40 needs training images.*phase2.data = 'noise'"):
-        resolve("decoupled", sets=["phase2.data=noise", "phase2.bn_recalibration=40"])
+        resolve("decoupled", sets=["phase2.data=noise", "phase2.bn_recalibration=40", "phase2.bn_batch_stats=false"])
     with pytest.raises(ConfigError, match="phase2.bn_recalibration = -1 is out of range"):
         resolve("decoupled", sets=["phase2.bn_recalibration=-1"])
     assert resolve("noise_decoupled").phase2.bn_recalibration == 0   # the data-free recipe keeps it off

@@ -35,7 +35,10 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
         dist.init_process_group("gloo", rank=rank, world_size=world)
     cfg = resolve("decoupled", sets=["nern.hidden=16", "nern.permutation=none", "phase2.steps=3",
                                      "phase2.batch_size=16", "phase2.select=last", "phase2.eval_every=100",
-                                     "phase2.augment=false", "phase2.fmd_weight=0.001", "phase2.lr=1e-2"])
+                                     "phase2.augment=false", "phase2.fmd_weight=0.001", "phase2.lr=1e-2",
+                                     # batch statistics are each process's own shard's (no SyncBatchNorm), so
+                                     # two processes equal one only on fixed statistics
+                                     "phase2.bn_batch_stats=false"])
     torch.manual_seed(0)
     bundle = get_dataset("digits")
     original = copy_frozen(build_model("resnet20", 10, 1))

@@ -98,3 +98,21 @@ def test_progressive_rounds_show_the_re_estimated_and_inherited_figures(experime
                      "94.00, 93.70, 93.00; test 93.30, 93.20, 92.70)",
                      "- progressive (bnrecal): ≥ 3 rounds run and none below round 1: **met** (rounds' best val "
                      "94.00, 94.10, 94.05; test 93.40, 93.50, 93.00)"]
+
+
+def test_an_original_without_todays_decoupled_is_judged_with_its_fixed_bn_runs(experiments):
+    """Where an original's decoupled ran only with the previous phase 2 (variant fixed-bn), its targets still
+    appear, named for what they judge; today's runs are preferred wherever they exist."""
+    from fashion_mnist_render import targets
+
+    def run(correct: str) -> dict:
+        return {"run": {"seed": 0}, "final": {"accuracy": correct.count("1") / len(correct), "correct": correct},
+                "original": {"correct": "1" * 8 + "0" * 2}, "stages": []}
+    groups = {("plain", "decoupled", 0.35, "fixed-bn"): [run("1" * 6 + "0" * 4)],
+              ("plain", "baseline", 0.35, ""): [run("1" * 4 + "0" * 6)]}
+    lines = [ln for ln in targets(groups, {"plain": 0.8}) if ln.startswith("- decoupled")]
+    assert lines[0].startswith("- decoupled (fixed-bn) at CR 0.35 ≥ original − 0.5 pt: **missed** (-20.00")
+    assert lines[1].startswith("- decoupled (fixed-bn) > baseline, interval excluding 0:")
+    groups[("plain", "decoupled", 0.35, "")] = [run("1" * 8 + "0" * 2)]
+    lines = [ln for ln in targets(groups, {"plain": 0.8}) if ln.startswith("- decoupled")]
+    assert lines[0].startswith("- decoupled at CR 0.35 ≥ original − 0.5 pt: **met** (+0.00")

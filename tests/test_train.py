@@ -67,13 +67,16 @@ class Spy:
         monkeypatch.setattr(module, name, wrapper)
 
 
-def test_decoupled_phase2_lowers_kd_and_keeps_val_acc(nets, tmp_path):
-    cfg = tiny_cfg("decoupled", nets, tmp_path, ["phase2.steps=15", "phase2.eval_every=5", "phase2.lr=1e-3"])
+@pytest.mark.parametrize("extra", [[], ["phase2.bn_batch_stats=false"]], ids=["default", "fixed-statistics"])
+def test_decoupled_phase2_learns_and_keeps_val_acc(nets, tmp_path, extra):
+    cfg = tiny_cfg("decoupled", nets, tmp_path, ["phase2.steps=15", "phase2.eval_every=5", "phase2.lr=1e-3", *extra])
     res = train_cli.run(cfg, progress=False)
     p1, p2 = res["stages"]
     assert p2["val_acc"] >= p1["val_acc"]  # selection keeps phase 2's start as a candidate
-    kd = [h["kd"] for h in p2["history"] if "kd" in h]
-    assert kd[-1] < kd[0]
+    # measured on the whole validation split (the logged KD is one training batch's: with batch statistics it
+    # moves with each batch's statistics as well)
+    val_loss = [h["val_loss"] for h in p2["history"] if "val_loss" in h]
+    assert val_loss[-1] < val_loss[0]
 
 
 def test_decoupled_recon_weight_is_the_configured_one(nets, tmp_path, monkeypatch):
@@ -172,8 +175,8 @@ def test_batchnorm_buffers_unchanged(nets, tmp_path):
             torch.testing.assert_close(v, sd[k], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("extra", [[], ["phase2.ema_decay=0.5"], ["phase2.bn_batch_stats=true"]],
-                         ids=["plain", "weight-average", "batch-statistics"])
+@pytest.mark.parametrize("extra", [[], ["phase2.ema_decay=0.5"], ["phase2.bn_batch_stats=false"]],
+                         ids=["default", "weight-average", "fixed-statistics"])
 def test_resume_equals_uninterrupted(nets, tmp_path, monkeypatch, extra):
     full = train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "a", extra), progress=False)
 
@@ -448,7 +451,8 @@ def test_phase2_with_batch_statistics_keeps_the_kept_steps(nets, tmp_path, monke
 def test_no_recalibration_keeps_the_original_statistics(nets, tmp_path):
     from nernfast.checkpoints import read_checkpoint
     sd = read_checkpoint(nets[0])["state_dict"]
-    res = train_cli.run(tiny_cfg("decoupled", nets, tmp_path, ["phase2.bn_recalibration=0"]), progress=False)
+    sets = ["phase2.bn_recalibration=0", "phase2.bn_batch_stats=false"]  # the original's statistics, never moved
+    res = train_cli.run(tiny_cfg("decoupled", nets, tmp_path, sets), progress=False)
     assert "bn_recalibration" not in res["stages"][1]
     model = nernfast.load(tmp_path / "nern.safetensors")
     for k, v in model.state_dict().items():

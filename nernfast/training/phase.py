@@ -10,7 +10,8 @@ validation scores beside it (``raw_val_acc``, ``raw_val_loss``); the steps thems
 trajectory, are those of the same phase without it. With ``bn_batch_stats`` the rebuilt network trains
 as networks are trained, its BN layers normalising with each batch's statistics; their running statistics
 (updated by momentum, on the augmented batches) are what evaluations use, and the kept step's are kept
-with its predictor (``bn_buffers`` of the result). The test split is never used here.
+with its predictor (``bn_buffers`` of the result); under DDP each process normalises with its own shard's
+statistics (no SyncBatchNorm) and rank 0's are the ones kept. The test split is never used here.
 """
 from __future__ import annotations
 
