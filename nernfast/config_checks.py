@@ -163,12 +163,12 @@ def check(cfg: RunConfig) -> None:
         p = getattr(cfg, key)
         if not p.noise_low < p.noise_high:
             raise _fail(f"{key}.noise_low", p.noise_low, f"below {key}.noise_high = {p.noise_high!r}")
-        if p.bn_batch_stats and p.data != "dataset":
-            raise ConfigError(f"{key}.bn_batch_stats needs training images but {key}.data = {p.data!r}; "
-                              f"pass --set {key}.bn_batch_stats=false or --set {key}.data=dataset")
-        if p.bn_recalibration and p.data != "dataset":
-            raise ConfigError(f"{key}.bn_recalibration = {p.bn_recalibration} needs training images but "
-                              f"{key}.data = {p.data!r}; pass --set {key}.bn_recalibration=0 or "
+        # the BN options that read training images, with the value that turns each off: named in one line
+        on = [(o, off) for o, off in (("bn_recalibration", "0"), ("bn_batch_stats", "false")) if getattr(p, o)]
+        if on and p.data != "dataset":
+            what = " and ".join(f"{key}.{o} = {getattr(p, o)!r}" for o, _ in on)
+            raise ConfigError(f"{what} need{'s' if len(on) == 1 else ''} training images but {key}.data = "
+                              f"{p.data!r}; pass {' '.join(f'--set {key}.{o}={off}' for o, off in on)} or "
                               f"--set {key}.data=dataset")
     for key in ("include", "exclude"):
         for pattern in getattr(cfg.nern, key) or []:

@@ -444,8 +444,13 @@ def test_phase2_with_batch_statistics_keeps_the_kept_steps(nets, tmp_path, monke
     torch.testing.assert_close(model.state_dict()[key], kept[key], rtol=0, atol=0)
     assert res["final"]["accuracy"] == p2["test_acc"]  # the test figure was measured with them
     assert "bn_buffers" not in json.loads((tmp_path / "results.json").read_text())["stages"][1]
-    with pytest.raises(ConfigError, match=r"phase2.bn_batch_stats needs training images but phase2.data = 'noise'"):
+    with pytest.raises(ConfigError, match=r"phase2.bn_batch_stats = True needs training images but phase2.data = "
+                                          r"'noise'; pass --set phase2.bn_batch_stats=false or"):
         resolve("decoupled", sets=["phase2.data=noise", "phase2.bn_recalibration=0", "phase2.bn_batch_stats=true"])
+    with pytest.raises(ConfigError, match=r"phase2.bn_recalibration = 40 and phase2.bn_batch_stats = True need "
+                                          r"training images .*; pass --set phase2.bn_recalibration=0 --set "
+                                          r"phase2.bn_batch_stats=false or --set phase2.data=dataset"):
+        resolve("decoupled", sets=["phase2.data=noise"])  # both at their defaults: one line names both
 
 
 def test_no_recalibration_keeps_the_original_statistics(nets, tmp_path):
