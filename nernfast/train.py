@@ -173,6 +173,7 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite: 
         "teacher": evaluate_cached(ctx.teacher, ctx.bundle, log=say("teacher"), **{**ekw, "ood": False, "attacks": False})
         if ctx.teacher is not None else None,
         "teacher_check": ctx.teacher_check,
+        "original_check": ctx.original_check,
         "final": evaluate_model(final_model, ctx.bundle, log=say("final model"), **ekw),
         "stages": [{k: v for k, v in s.items() if k not in ("predictor", "bn_buffers")} for s in produced.stages],
         "sizes": nern.size_report(),

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from nernfast.analysis import stats
 from nernfast.analysis.interpolate import alphas_grid, interpolate
 from nernfast.analysis.landscape import landscape, make_plane
-from nernfast.analysis.lowfreq import lowfreq_ratio, ratio_differences, summarize
+from nernfast.analysis.lowfreq import (lowfreq_ratio, random_ratio, ratio_differences, spectrum_check,
+                                      spectrum_warning, summarize)
 from nernfast.analysis.weights import load_weights, recon_l2, relative_l2
 from nernfast.models import build_model
 
@@ -33,6 +34,31 @@ def test_rank_one_has_all_energy_in_first_half(shape):
     b = torch.randn(int(torch.tensor(shape[1:]).prod()), dtype=torch.float64)
     w = torch.outer(a, b).reshape(shape).float()
     assert lowfreq_ratio(w) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_fresh_init_is_near_random_and_structure_is_not():
+    torch.manual_seed(0)
+    fresh = {n: m.weight.detach() for n, m in build_model("resnet20", 10, 1).named_modules()
+             if isinstance(m, nn.Conv2d)}
+    c = spectrum_check(fresh)
+    assert c["layers"] == 19 and abs(c["excess"]) < 0.01 and c["near_random"]
+    msg = spectrum_warning(c)
+    assert "\n" not in msg and f"{c['mean_ratio']:.3f}" in msg and "random initialisation" in msg
+    # the same shapes with most of their energy in a few directions (trained structure) + a little noise
+    structured = {n: (_with_singular_values([3.0, 2.0, 1.0], w.shape[0], w[0].numel())
+                      + 0.01 * torch.randn(w.shape[0], w[0].numel(), dtype=torch.float64)).reshape(w.shape)
+                  for n, w in fresh.items()}
+    c = spectrum_check(structured)
+    assert c["excess"] > 0.2 and not c["near_random"] and spectrum_warning(c) is None
+    assert spectrum_warning(None) is None
+    with pytest.raises(ValueError, match="at least one"):
+        spectrum_check({})
+
+
+def test_random_ratio_depends_on_the_matrix_shape_only():
+    assert random_ratio((16, 16, 3, 3)) == random_ratio((16, 144))
+    assert random_ratio((64, 64)) == pytest.approx(lowfreq_ratio(torch.randn(64, 64)), abs=0.03)
+    assert random_ratio((4, 400)) < random_ratio((64, 64))  # a wide matrix's spectrum is flatter
 
 
 def test_ratio_matches_hand_computation():

@@ -116,3 +116,17 @@ def test_an_original_without_todays_decoupled_is_judged_with_its_fixed_bn_runs(e
     groups[("plain", "decoupled", 0.35, "")] = [run("1" * 8 + "0" * 2)]
     lines = [ln for ln in targets(groups, {"plain": 0.8}) if ln.startswith("- decoupled")]
     assert lines[0].startswith("- decoupled at CR 0.35 ≥ original − 0.5 pt: **met** (+0.00")
+
+
+def test_original_spectrum_table_matches_the_tuning_doc(experiments, capsys):
+    """experiments/original_spectrum.py prints the rows docs/fashion-mnist-tuning.md quotes (the shipped originals'
+    are the same on every machine; the plain original's only where runs/ holds it)."""
+    import original_spectrum
+    try:
+        assert original_spectrum.main() == 0
+    finally:
+        sys.modules.pop("original_spectrum", None)
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| `resnet20_")]
+    doc = (ROOT / "docs" / "fashion-mnist-tuning.md").read_text()
+    assert len(rows) == 5 and all(r in doc for r in rows)
+    assert all(r.endswith("| no | 12 % |") or r.endswith("| no | 13 % |") for r in rows if "fashion-mnist" in r)

@@ -43,10 +43,13 @@ def tiny_cfg(recipe: str, nets, out: Path, extra: list[str] = ()):
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_end_to_end(recipe, nets, tmp_path):
+def test_recipe_end_to_end(recipe, nets, tmp_path, capfd):
     res = train_cli.run(tiny_cfg(recipe, nets, tmp_path), progress=False)
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["recipe"] == recipe and data["stages"]
+    # one epoch leaves the original's conv weights near their random init: checked, recorded and said in one line
+    assert data["original_check"]["layers"] == 19 and data["original_check"]["near_random"] is True
+    assert [ln for ln in capfd.readouterr().err.splitlines() if "close to their random initialisation" in ln]
     for s in data["stages"]:
         assert 0.0 <= s["test_acc"] <= 1.0 and s["recon_l2"] > 0
     assert data["sizes"]["compression_ratio"] == pytest.approx(

@@ -12,7 +12,9 @@ paper plots ratio(W_recon) − ratio(W_orig) per layer: positive = the reconstru
 """
 from __future__ import annotations
 
-from typing import Mapping
+import functools
+import math
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -31,6 +33,50 @@ def lowfreq_ratio(w: torch.Tensor) -> float:
     if half == 0:  # a single singular value: all the energy is in "the first half"
         return 1.0
     return float(e[:half].sum()) / total
+
+
+def random_ratio(shape: Sequence[int], draws: int = 4, seed: int = 0) -> float:
+    """The ratio an i.i.d. Gaussian weight of ``shape`` has (mean of ``draws`` samples): what a freshly
+    initialised layer shows (Kaiming init draws its entries i.i.d.); it depends on the shape alone."""
+    return _random_ratio(shape[0], math.prod(shape[1:]), draws, seed)
+
+
+@functools.lru_cache(maxsize=256)  # a network repeats a few shapes; large ones cost a float64 SVD per draw
+def _random_ratio(rows: int, cols: int, draws: int, seed: int) -> float:
+    g = torch.Generator().manual_seed(seed)
+    return sum(lowfreq_ratio(torch.randn(rows, cols, generator=g, dtype=torch.float64)) for _ in range(draws)) / draws
+
+
+# A trained network's spectrum rises above a fresh init's (Marchenko-Pastur) as its weights learn structure. Measured
+# (docs/fashion-mnist-tuning.md, "What limits the plain original"): a fresh ResNet-20 0.00, the plain Fashion-MNIST
+# original 0.01 (its conv weights still 91 % of their init's energy), the digits originals 0.03, the shipped
+# Fashion-MNIST original 0.18 (12 %).
+NEAR_RANDOM_EXCESS = 0.05
+
+
+def spectrum_check(weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """How far ``weights`` (e.g. an original's k x k conv weights) are from random: each layer's ratio, the
+    ratio of a random matrix of its shape, and the mean excess over layers. Near-random weights are mostly
+    their initialisation, noise no predictor smaller than the network can reconstruct."""
+    if not weights:
+        raise ValueError("spectrum_check needs at least one weight")
+    ratios = layer_ratios(weights)
+    reference = {n: random_ratio(tuple(w.shape)) for n, w in weights.items()}
+    excess = sum(ratios[n] - reference[n] for n in weights) / len(weights)
+    return {"layers": len(weights), "mean_ratio": sum(ratios.values()) / len(ratios),
+            "mean_random_ratio": sum(reference.values()) / len(reference), "excess": excess,
+            "near_random": excess < NEAR_RANDOM_EXCESS,
+            "rule": f"mean low-frequency ratio excess over random matrices of the same shapes < {NEAR_RANDOM_EXCESS}"}
+
+
+def spectrum_warning(check: dict[str, Any] | None, what: str = "the original") -> str | None:
+    """A one-line warning when ``check`` (spectrum_check) found near-random weights, else None."""
+    if check is None or not check["near_random"]:
+        return None
+    return (f"warning: {what}'s conv weights are close to their random initialisation (low-frequency energy ratio "
+            f"{check['mean_ratio']:.3f}, random matrices of the same shapes {check['mean_random_ratio']:.3f}): a "
+            f"predictor smaller than the network cannot reconstruct that noise, so expect a large phase-1 error and "
+            f"a phase 2 that mostly retrains (a longer-trained original, with weight decay, compresses better)")
 
 
 def layer_ratios(weights: Mapping[str, torch.Tensor]) -> dict[str, float]:

@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .. import numerics
+from ..analysis.lowfreq import spectrum_check, spectrum_warning
 from ..config import RunConfig, recipe_phases
 from ..data import DataBundle
 from ..models import build_model, copy_frozen
@@ -32,6 +33,7 @@ class Context:
     rank: int = 0
     world: int = 1
     teacher_check: dict[str, Any] | None = None   # nernfast.teachers.compare_teacher, when there is a teacher
+    original_check: dict[str, Any] | None = None  # nernfast.analysis.lowfreq.spectrum_check of its conv weights
     precision: str = "float32"           # cfg.precision resolved for this device (nernfast.numerics)
     channels_last: bool = False          # cfg.channels_last resolved likewise
 
@@ -105,6 +107,11 @@ def build_context(cfg: RunConfig, out: Path, progress: bool = True, trust_pickle
         warning = teacher_warning(check)
         if warning and rank == 0:
             logger.info(warning)
+    # How much of the original is structure rather than its random init: a near-random one cannot be reconstructed.
+    original_check = check_original(original)
+    warning = spectrum_warning(original_check)
+    if warning and rank == 0:
+        logger.info(warning)
     precision = numerics.resolve_precision(cfg.precision, device)
     channels_last = numerics.resolve_channels_last(cfg.channels_last, precision, device)
     if channels_last:
@@ -114,4 +121,11 @@ def build_context(cfg: RunConfig, out: Path, progress: bool = True, trust_pickle
     arch = orig.architecture if orig.architecture is not None else \
         {"name": cfg.model, "num_classes": bundle.num_classes, "in_channels": bundle.in_channels}
     return Context(cfg, device, bundle, original, orig.source, teacher, tsrc, arch, out, logger, rank, world, check,
-                   precision, channels_last)
+                   original_check, precision, channels_last)
+
+
+def check_original(original: nn.Module) -> dict[str, Any] | None:
+    """spectrum_check of the original's k x k conv weights (k > 1: what a predictor reconstructs); None without any."""
+    weights = {n: m.weight for n, m in original.named_modules()
+               if isinstance(m, nn.Conv2d) and m.weight.shape[-2:].numel() > 1}
+    return spectrum_check(weights) if weights else None

@@ -1,0 +1,62 @@
+"""How much of each original is structure and how much its random initialisation (docs/fashion-mnist-tuning.md,
+"What limits the plain original"). For every original at hand, two measurements of its k x k conv weights:
+
+- the trainer's seed-free check (nernfast.analysis.lowfreq.spectrum_check): the low-frequency energy ratio against
+  random matrices of the same shapes;
+- where the seed that initialised it is known (nernfast.pretrain seeds ``torch.manual_seed(seed)`` before
+  ``build_model``; experiments/plain_original.py uses seed 7), the share of the weights' energy along their own
+  initial values: sum over layers of cos(W, W_init)^2 ||W||^2 / sum of ||W||^2.
+
+    python experiments/original_spectrum.py        # prints a markdown table
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nernfast.analysis.lowfreq import spectrum_check  # noqa: E402
+from nernfast.models import build_model  # noqa: E402
+
+
+def conv_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() for k, v in state.items() if v.dim() == 4 and v.shape[-2:].numel() > 1}
+
+
+def init_share(weights: dict[str, torch.Tensor], seed: int, in_channels: int) -> float:
+    torch.manual_seed(seed)
+    init = conv_weights(build_model("resnet20", 10, in_channels).state_dict())
+    along = total = 0.0
+    for k, w in weights.items():
+        cos = float((w * init[k]).sum() / (w.norm() * init[k].norm()))
+        along, total = along + cos ** 2 * float(w.norm() ** 2), total + float(w.norm() ** 2)
+    return along / total
+
+
+def main() -> int:
+    rows = []
+    torch.manual_seed(12345)
+    rows.append(("a fresh ResNet-20 (random init)", conv_weights(build_model("resnet20", 10, 1).state_dict()), None))
+    for p in sorted((ROOT / "nernfast" / "pretrained").glob("resnet20_*.pt")):
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+        rows.append((f"`{p.name}` (nernfast.pretrain)", conv_weights(ck["state_dict"]), (ck["seed"], ck["in_channels"])))
+    plain = ROOT / "runs" / "fashion-mnist" / "plain_original.pt"
+    if plain.exists():
+        rows.append(("plain Fashion-MNIST original (experiments/plain_original.py)",
+                     conv_weights(torch.load(plain, map_location="cpu", weights_only=True)), (7, 1)))
+    print("| original | low-freq. ratio | random matrices | excess | near random | energy along its init |")
+    print("|---|---|---|---|---|---|")
+    for name, w, seed in rows:
+        c = spectrum_check(w)
+        share = f"{100 * init_share(w, *seed):.0f} %" if seed is not None else "100 % (it is one)"
+        print(f"| {name} | {c['mean_ratio']:.3f} | {c['mean_random_ratio']:.3f} | {c['excess']:+.3f} | "
+              f"{'yes' if c['near_random'] else 'no'} | {share} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
