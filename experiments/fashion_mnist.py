@@ -151,9 +151,19 @@ def plan() -> list[Run]:
              Run("plain-epyc-decoupled-fixed-bn-s0", "decoupled", original="plain-epyc"),
              Run("plain-epyc-decoupled-4k-s0", "decoupled", original="plain-epyc", extra=("phase2.steps=4000",)),
              Run("plain-epyc-teacher_decoupled-s0", "teacher_decoupled", original="plain-epyc")]
+    # session 16: progressive as the paper runs it, the best of 3 seeds per round, within the budget (3 x 3 fits of
+    # 4 000 steps instead of 3 of 12 000); teacher_decoupled with a larger student (H200, CR ~0.7): is CR 0.35's
+    # shortfall the student's capacity?
+    runs += [Run("shipped-progressive-3seeds-s0", "progressive",
+                 extra=("progressive.seeds=3", "phase1.steps=4000", "phase1.eval_every=1000")),
+             *[Run(f"shipped-teacher_decoupled-h200-s{s}", "teacher_decoupled", s, hidden=200) for s in range(3)]]
+    # teacher_decoupled as the paper has it: KD from the teacher alone, no feature-map term toward the original
+    # (with it, 0.1 x L_fmd is most of phase 2's loss: the student is anchored to the original's features)
+    runs += [Run("shipped-teacher_decoupled-fmd0-s0", "teacher_decoupled", extra=("phase2.fmd_weight=0",))]
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
-                  "plain-epyc-teacher_decoupled-s0"} | {f"shipped-teacher_decoupled-3k-s{s}" for s in range(3)})
+                  "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
+               | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200") for s in range(3)})
     runs = [r if r.recipe not in ("decoupled", "teacher_decoupled") or r.name in current else _fixed_bn(r)
             for r in runs]
     return _earlier() + runs
