@@ -160,10 +160,13 @@ def plan() -> list[Run]:
     # teacher_decoupled as the paper has it: KD from the teacher alone, no feature-map term toward the original
     # (with it, 0.1 x L_fmd is most of phase 2's loss: the student is anchored to the original's features)
     runs += [Run("shipped-teacher_decoupled-fmd0-s0", "teacher_decoupled", extra=("phase2.fmd_weight=0",))]
+    # the larger student (CR 0.64) is level with the original and 0.29 pt under its teacher: with the stronger one
+    runs += [Run(f"shipped-teacher_decoupled-h200-ens2-s{s}", "teacher_decoupled", s, hidden=200, extra=ens2)
+             for s in range(2)]
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
                   "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
-               | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200") for s in range(3)})
+               | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200", "h200-ens2") for s in range(3)})
     runs = [r if r.recipe not in ("decoupled", "teacher_decoupled") or r.name in current else _fixed_bn(r)
             for r in runs]
     return _earlier() + runs
