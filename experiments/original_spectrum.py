@@ -43,7 +43,8 @@ def main() -> int:
     rows.append(("a fresh ResNet-20 (random init)", conv_weights(build_model("resnet20", 10, 1).state_dict()), None))
     for p in sorted((ROOT / "nernfast" / "pretrained").glob("resnet20_*.pt")):
         ck = torch.load(p, map_location="cpu", weights_only=True)
-        rows.append((f"`{p.name}` (nernfast.pretrain)", conv_weights(ck["state_dict"]), (ck["seed"], ck["in_channels"])))
+        seed = (ck["seed"], ck["in_channels"])
+        rows.append((f"`{p.name}` (nernfast.pretrain)", conv_weights(ck["state_dict"]), seed))
     plain = ROOT / "runs" / "fashion-mnist" / "plain_original.pt"
     if plain.exists():
         rows.append(("plain Fashion-MNIST original (experiments/plain_original.py)",
