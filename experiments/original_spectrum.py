@@ -1,5 +1,6 @@
 """How much of each original is structure and how much its random initialisation (docs/fashion-mnist-tuning.md,
-"What limits the plain original"). For every original at hand, two measurements of its k x k conv weights:
+"What limits the plain original"). For every original at hand, two measurements of the conv weights a predictor
+reconstructs (nernfast.selection):
 
 - the trainer's seed-free check (nernfast.analysis.lowfreq.spectrum_check): the low-frequency energy ratio against
   random matrices of the same shapes;
@@ -20,16 +21,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nernfast.analysis.lowfreq import spectrum_check  # noqa: E402
+from nernfast.analysis.weights import conv_weights  # noqa: E402
 from nernfast.models import build_model  # noqa: E402
+from nernfast.selection import select_layers  # noqa: E402
 
 
-def conv_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.float() for k, v in state.items() if v.dim() == 4 and v.shape[-2:].numel() > 1}
+def predicted(state: dict[str, torch.Tensor] | None = None, in_channels: int = 1) -> dict[str, torch.Tensor]:
+    """The conv weights a predictor reconstructs (the trainer's selection) of a ResNet-20 with ``state``
+    (None: as freshly built under the current RNG state)."""
+    model = build_model("resnet20", 10, in_channels)
+    if state is not None:
+        model.load_state_dict(state)
+    return conv_weights(model, [n for n, _ in select_layers(model)])
 
 
 def init_share(weights: dict[str, torch.Tensor], seed: int, in_channels: int) -> float:
     torch.manual_seed(seed)
-    init = conv_weights(build_model("resnet20", 10, in_channels).state_dict())
+    init = predicted(None, in_channels)
     along = total = 0.0
     for k, w in weights.items():
         cos = float((w * init[k]).sum() / (w.norm() * init[k].norm()))
@@ -40,15 +48,15 @@ def init_share(weights: dict[str, torch.Tensor], seed: int, in_channels: int) ->
 def main() -> int:
     rows = []
     torch.manual_seed(12345)
-    rows.append(("a fresh ResNet-20 (random init)", conv_weights(build_model("resnet20", 10, 1).state_dict()), None))
+    rows.append(("a fresh ResNet-20 (random init)", predicted(), None))
     for p in sorted((ROOT / "nernfast" / "pretrained").glob("resnet20_*.pt")):
         ck = torch.load(p, map_location="cpu", weights_only=True)
         seed = (ck["seed"], ck["in_channels"])
-        rows.append((f"`{p.name}` (nernfast.pretrain)", conv_weights(ck["state_dict"]), seed))
+        rows.append((f"`{p.name}` (nernfast.pretrain)", predicted(ck["state_dict"], ck["in_channels"]), seed))
     plain = ROOT / "runs" / "fashion-mnist" / "plain_original.pt"
     if plain.exists():
         rows.append(("plain Fashion-MNIST original (experiments/plain_original.py)",
-                     conv_weights(torch.load(plain, map_location="cpu", weights_only=True)), (7, 1)))
+                     predicted(torch.load(plain, map_location="cpu", weights_only=True)), (7, 1)))
     print("| original | low-freq. ratio | random matrices | excess | near random | energy along its init |")
     print("|---|---|---|---|---|---|")
     for name, w, seed in rows:

@@ -55,7 +55,7 @@ NEAR_RANDOM_EXCESS = 0.05
 
 
 def spectrum_check(weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """How far ``weights`` (e.g. an original's k x k conv weights) are from random: each layer's ratio, the
+    """How far ``weights`` (e.g. the original's predicted conv weights) are from random: each layer's ratio, the
     ratio of a random matrix of its shape, and the mean excess over layers. Near-random weights are mostly
     their initialisation, noise no predictor smaller than the network can reconstruct."""
     if not weights:
@@ -69,9 +69,9 @@ def spectrum_check(weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
             "rule": f"mean low-frequency ratio excess over random matrices of the same shapes < {NEAR_RANDOM_EXCESS}"}
 
 
-def spectrum_warning(check: dict[str, Any] | None, what: str = "the original") -> str | None:
+def spectrum_warning(check: dict[str, Any], what: str = "the original") -> str | None:
     """A one-line warning when ``check`` (spectrum_check) found near-random weights, else None."""
-    if check is None or not check["near_random"]:
+    if not check["near_random"]:
         return None
     return (f"warning: {what}'s conv weights are close to their random initialisation (low-frequency energy ratio "
             f"{check['mean_ratio']:.3f}, random matrices of the same shapes {check['mean_random_ratio']:.3f}): a "

@@ -12,9 +12,11 @@ import torch.nn as nn
 
 from .. import numerics
 from ..analysis.lowfreq import spectrum_check, spectrum_warning
+from ..analysis.weights import conv_weights
 from ..config import RunConfig, recipe_phases
 from ..data import DataBundle
 from ..models import build_model, copy_frozen
+from ..selection import select_layers
 from .logger import RunLogger
 
 
@@ -108,7 +110,7 @@ def build_context(cfg: RunConfig, out: Path, progress: bool = True, trust_pickle
         if warning and rank == 0:
             logger.info(warning)
     # How much of the original is structure rather than its random init: a near-random one cannot be reconstructed.
-    original_check = check_original(original)
+    original_check = check_original(original, cfg)
     warning = spectrum_warning(original_check)
     if warning and rank == 0:
         logger.info(warning)
@@ -124,8 +126,8 @@ def build_context(cfg: RunConfig, out: Path, progress: bool = True, trust_pickle
                    original_check, precision, channels_last)
 
 
-def check_original(original: nn.Module) -> dict[str, Any] | None:
-    """spectrum_check of the original's k x k conv weights (k > 1: what a predictor reconstructs); None without any."""
-    weights = {n: m.weight for n, m in original.named_modules()
-               if isinstance(m, nn.Conv2d) and m.weight.shape[-2:].numel() > 1}
-    return spectrum_check(weights) if weights else None
+def check_original(original: nn.Module, cfg: RunConfig) -> dict[str, Any]:
+    """spectrum_check of the conv weights the predictor will reconstruct (the run's layer selection)."""
+    n = cfg.nern
+    names = [name for name, _ in select_layers(original, n.include, n.exclude, n.smaller_kernels)]
+    return spectrum_check(conv_weights(original, names))
