@@ -14,13 +14,14 @@ on the other core slows a run by ~10-30 %, which its wall time includes). Output
 paired intervals), which is all the renderer reads. A run whose raw file exists is not repeated; one whose run directory
 already holds results.json (its launcher stopped) is collected, not repeated.
 
-Four originals: ``shipped``, the ResNet-20 that ships with nernfast (nernfast/pretrained; what
+Five originals: ``shipped``, the ResNet-20 that ships with nernfast (nernfast/pretrained; what
 ``--config fashion_mnist.yaml`` uses on every machine); ``pretrain``, the one the earlier runs used,
 trained by ``nernfast.pretrain`` on an AMD EPYC machine and not kept (pinned pretraining repeats per
 CPU vendor only, nernfast.shipped: its runs are kept as they ran); and ``plain``, a ResNet-20 trained
 by an independent script of a different recipe (experiments/plain_original.py), given as
 ``--original`` like a user's own checkpoint (``plain-epyc``: that script's file as an AMD EPYC machine made it,
-which the first plain run used; like ``pretrain`` it is not kept). Intervals are 95 %: for a difference between two methods
+which the first plain run used; like ``pretrain`` it is not kept); and ``plain-adamw``, the same script's
+second recipe (``--recipe adamw``: AdamW, weight decay 0.05, flips; made on an AMD EPYC machine). Intervals are 95 %: for a difference between two methods
 (or a method and the original) the wider of the seed t-interval and the per-image paired interval
 (nernfast.analysis.stats.combined_paired_diff), as docs/results.md does.
 """
@@ -40,6 +41,7 @@ DOCS = ROOT / "docs" / "fashion-mnist"
 RAW = DOCS / "raw"
 RUNS = ROOT / "runs" / "fashion-mnist"
 PLAIN = RUNS / "plain_original.pt"
+PLAIN_ADAMW = RUNS / "plain_adamw_original.pt"
 CONFIG = "fashion_mnist.yaml"
 
 
@@ -50,8 +52,13 @@ class Run:
     seed: int = 0
     hidden: int | None = None      # None: the config's (140: CR 0.35)
     original: str = "shipped"      # shipped | pretrain (the earlier runs') | plain | plain-epyc (its AMD EPYC make)
+    #                                | plain-adamw (the plain script's second recipe)
     extra: tuple[str, ...] = field(default_factory=tuple)
     full_eval: bool = False        # + FGSM, I-FGSM and the 40 corruption sets (about 5 minutes more)
+
+    @property
+    def original_file(self) -> Path:
+        return PLAIN_ADAMW if self.original == "plain-adamw" else PLAIN
 
     def args(self, resume: bool = False) -> list[str]:
         a = ["--config", CONFIG, "--recipe", self.recipe, "--seed", str(self.seed), "--no-progress",
@@ -60,7 +67,7 @@ class Run:
         if self.hidden is not None:
             a += ["--hidden", str(self.hidden)]
         if self.original.startswith("plain"):
-            a += ["--original", str(PLAIN)]
+            a += ["--original", str(self.original_file)]
         for s in self.extra:
             a += ["--set", s]
         return a
@@ -162,10 +169,15 @@ def plan() -> list[Run]:
     runs += [Run("shipped-teacher_decoupled-fmd0-s0", "teacher_decoupled", extra=("phase2.fmd_weight=0",))]
     # the larger student (CR 0.64) is level with the original and 0.29 pt under its teacher: with the stronger one
     runs += [Run(f"shipped-teacher_decoupled-h200-ens2-s{s}", "teacher_decoupled", s, hidden=200, extra=ens2)
-             for s in range(2)]
+             for s in range(3)]
+    # session 17: a second independent original whose weights left their random init (AdamW, weight decay 0.05,
+    # flips; the plain original's are 91 % init), with today's defaults: do the targets hold on a trained one?
+    runs += [Run(f"plain-adamw-{r}-s0", r, original="plain-adamw")
+             for r in ("decoupled", "teacher_decoupled", "baseline", "recon_only")]
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
-                  "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
+                  "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0",
+                  "plain-adamw-decoupled-s0", "plain-adamw-teacher_decoupled-s0"}
                | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200", "h200-ens2") for s in range(3)})
     runs = [r if r.recipe not in ("decoupled", "teacher_decoupled") or r.name in current else _fixed_bn(r)
             for r in runs]
@@ -210,10 +222,14 @@ def train(run: Run, need_artefact: bool = False) -> None:
     have_artefact = (RUNS / run.name / "nern.safetensors").exists()
     if (RAW / f"{run.name}.json").exists() and (have_artefact or not need_artefact):
         return
-    if run.original.startswith("plain") and not PLAIN.exists():
-        print(f"training the independent original {PLAIN} (experiments/plain_original.py)", flush=True)
-        subprocess.run(pinned_prefix() + [sys.executable, str(ROOT / "experiments" / "plain_original.py"), str(PLAIN)],
-                       check=True)
+    if run.original.startswith("plain") and not run.original_file.exists():
+        recipe = "adamw" if run.original == "plain-adamw" else "sgd"
+        print(f"training the independent original {run.original_file} (experiments/plain_original.py --recipe {recipe})",
+              flush=True)
+        with open(run.original_file.with_suffix(".log"), "w") as log:
+            subprocess.run(pinned_prefix() + [sys.executable, str(ROOT / "experiments" / "plain_original.py"),
+                                              str(run.original_file), "--recipe", recipe],
+                           check=True, stdout=log, stderr=subprocess.STDOUT)
     if (RUNS / run.name / "results.json").exists():  # finished, not yet collected (e.g. its launcher stopped)
         collect(run)
         return

@@ -5,7 +5,7 @@ reconstructs (nernfast.selection):
 - the trainer's seed-free check (nernfast.analysis.lowfreq.spectrum_check): the low-frequency energy ratio against
   random matrices of the same shapes;
 - where the seed that initialised it is known (nernfast.pretrain seeds ``torch.manual_seed(seed)`` before
-  ``build_model``; experiments/plain_original.py uses seed 7), the share of the weights' energy along their own
+  ``build_model``; experiments/plain_original.py uses seed 7 for its sgd recipe, 11 for adamw), the share of the weights' energy along their own
   initial values: sum over layers of cos(W, W_init)^2 ||W||^2 / sum of ||W||^2.
 
     python experiments/original_spectrum.py        # prints a markdown table
@@ -53,10 +53,11 @@ def main() -> int:
         ck = torch.load(p, map_location="cpu", weights_only=True)
         seed = (ck["seed"], ck["in_channels"])
         rows.append((f"`{p.name}` (nernfast.pretrain)", predicted(ck["state_dict"], ck["in_channels"]), seed))
-    plain = ROOT / "runs" / "fashion-mnist" / "plain_original.pt"
-    if plain.exists():
-        rows.append(("plain Fashion-MNIST original (experiments/plain_original.py)",
-                     predicted(torch.load(plain, map_location="cpu", weights_only=True)), (7, 1)))
+    for file, recipe, seed in (("plain_original.pt", "sgd", 7), ("plain_adamw_original.pt", "adamw", 11)):
+        plain = ROOT / "runs" / "fashion-mnist" / file
+        if plain.exists():
+            rows.append((f"plain Fashion-MNIST original (experiments/plain_original.py --recipe {recipe})",
+                         predicted(torch.load(plain, map_location="cpu", weights_only=True)), (seed, 1)))
     print("| original | low-freq. ratio | random matrices | excess | near random | energy along its init |")
     print("|---|---|---|---|---|---|")
     for name, w, seed in rows:
