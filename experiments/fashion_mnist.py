@@ -17,12 +17,13 @@ already holds results.json (its launcher stopped) is collected, not repeated.
 Five originals: ``shipped``, the ResNet-20 that ships with nernfast (nernfast/pretrained; what
 ``--config fashion_mnist.yaml`` uses on every machine); ``pretrain``, the one the earlier runs used,
 trained by ``nernfast.pretrain`` on an AMD EPYC machine and not kept (pinned pretraining repeats per
-CPU vendor only, nernfast.shipped: its runs are kept as they ran); and ``plain``, a ResNet-20 trained
+CPU vendor only, nernfast.shipped: its runs are kept as they ran); ``plain``, a ResNet-20 trained
 by an independent script of a different recipe (experiments/plain_original.py), given as
 ``--original`` like a user's own checkpoint (``plain-epyc``: that script's file as an AMD EPYC machine made it,
 which the first plain run used; like ``pretrain`` it is not kept); and ``plain-adamw``, the same script's
-second recipe (``--recipe adamw``: AdamW, weight decay 0.05, flips; made on an AMD EPYC machine). Intervals are 95 %: for a difference between two methods
-(or a method and the original) the wider of the seed t-interval and the per-image paired interval
+second recipe (``--recipe adamw``: AdamW, weight decay 0.05, flips; made on an AMD EPYC machine). Intervals
+are 95 %: for a difference between two methods (or a method and the original) the wider of the seed
+t-interval and the per-image paired interval
 (nernfast.analysis.stats.combined_paired_diff), as docs/results.md does.
 """
 from __future__ import annotations
@@ -174,10 +175,12 @@ def plan() -> list[Run]:
     # flips; the plain original's are 91 % init), with today's defaults: do the targets hold on a trained one?
     runs += [Run(f"plain-adamw-{r}-s0", r, original="plain-adamw")
              for r in ("decoupled", "teacher_decoupled", "baseline", "recon_only")]
+    runs += [Run(f"plain-adamw-{r}-s{s}", r, s, original="plain-adamw")
+             for r in ("decoupled", "teacher_decoupled") for s in (1, 2)]
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
-                  "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0",
-                  "plain-adamw-decoupled-s0", "plain-adamw-teacher_decoupled-s0"}
+                  "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
+               | {f"plain-adamw-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200", "h200-ens2") for s in range(3)})
     runs = [r if r.recipe not in ("decoupled", "teacher_decoupled") or r.name in current else _fixed_bn(r)
             for r in runs]
@@ -224,8 +227,8 @@ def train(run: Run, need_artefact: bool = False) -> None:
         return
     if run.original.startswith("plain") and not run.original_file.exists():
         recipe = "adamw" if run.original == "plain-adamw" else "sgd"
-        print(f"training the independent original {run.original_file} (experiments/plain_original.py --recipe {recipe})",
-              flush=True)
+        print(f"training the independent original {run.original_file} "
+              f"(experiments/plain_original.py --recipe {recipe})", flush=True)
         with open(run.original_file.with_suffix(".log"), "w") as log:
             subprocess.run(pinned_prefix() + [sys.executable, str(ROOT / "experiments" / "plain_original.py"),
                                               str(run.original_file), "--recipe", recipe],

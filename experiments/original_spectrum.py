@@ -5,8 +5,8 @@ reconstructs (nernfast.selection):
 - the trainer's seed-free check (nernfast.analysis.lowfreq.spectrum_check): the low-frequency energy ratio against
   random matrices of the same shapes;
 - where the seed that initialised it is known (nernfast.pretrain seeds ``torch.manual_seed(seed)`` before
-  ``build_model``; experiments/plain_original.py uses seed 7 for its sgd recipe, 11 for adamw), the share of the weights' energy along their own
-  initial values: sum over layers of cos(W, W_init)^2 ||W||^2 / sum of ||W||^2.
+  ``build_model``; experiments/plain_original.py uses seed 7 for its sgd recipe, 11 for adamw), the share of the
+  weights' energy along their own initial values: sum over layers of cos(W, W_init)^2 ||W||^2 / sum of ||W||^2.
 
     python experiments/original_spectrum.py        # prints a markdown table
 """
