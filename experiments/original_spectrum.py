@@ -5,7 +5,7 @@ reconstructs (nernfast.selection):
 - the trainer's seed-free check (nernfast.analysis.lowfreq.spectrum_check): the low-frequency energy ratio against
   random matrices of the same shapes;
 - where the seed that initialised it is known (nernfast.pretrain seeds ``torch.manual_seed(seed)`` before
-  ``build_model``; experiments/plain_original.py uses seed 7 for its sgd recipe, 11 for adamw), the share of the
+  ``build_model``; experiments/plain_original.py's per recipe, ``plain_original.SEED``), the share of the
   weights' energy along their own initial values: sum over layers of cos(W, W_init)^2 ||W||^2 / sum of ||W||^2.
 
     python experiments/original_spectrum.py        # prints a markdown table
@@ -19,11 +19,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
 
 from nernfast.analysis.lowfreq import spectrum_check  # noqa: E402
 from nernfast.analysis.weights import conv_weights  # noqa: E402
 from nernfast.models import build_model  # noqa: E402
 from nernfast.selection import select_layers  # noqa: E402
+from fashion_mnist import PLAIN, PLAIN_ADAMW  # noqa: E402
+from plain_original import SEED  # noqa: E402
 
 
 def predicted(state: dict[str, torch.Tensor] | None = None, in_channels: int = 1) -> dict[str, torch.Tensor]:
@@ -53,11 +56,10 @@ def main() -> int:
         ck = torch.load(p, map_location="cpu", weights_only=True)
         seed = (ck["seed"], ck["in_channels"])
         rows.append((f"`{p.name}` (nernfast.pretrain)", predicted(ck["state_dict"], ck["in_channels"]), seed))
-    for file, recipe, seed in (("plain_original.pt", "sgd", 7), ("plain_adamw_original.pt", "adamw", 11)):
-        plain = ROOT / "runs" / "fashion-mnist" / file
+    for plain, recipe in ((PLAIN, "sgd"), (PLAIN_ADAMW, "adamw")):
         if plain.exists():
             rows.append((f"plain Fashion-MNIST original (experiments/plain_original.py --recipe {recipe})",
-                         predicted(torch.load(plain, map_location="cpu", weights_only=True)), (seed, 1)))
+                         predicted(torch.load(plain, map_location="cpu", weights_only=True)), (SEED[recipe], 1)))
     print("| original | low-freq. ratio | random matrices | excess | near random | energy along its init |")
     print("|---|---|---|---|---|---|")
     for name, w, seed in rows:

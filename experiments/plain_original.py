@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 MEAN, STD = 0.2860, 0.3530
+SEED = {"sgd": 7, "adamw": 11}      # torch.manual_seed before build_model (experiments/original_spectrum.py reads it)
+EPOCHS = {"sgd": 12, "adamw": 10}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -76,8 +78,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, help="default: 7 (sgd), 11 (adamw)")
     a = p.parse_args()
     adamw = a.recipe == "adamw"
-    a.epochs = a.epochs or (10 if adamw else 12)
-    a.seed = a.seed if a.seed is not None else (11 if adamw else 7)
+    a.epochs = a.epochs or EPOCHS[a.recipe]
+    a.seed = a.seed if a.seed is not None else SEED[a.recipe]
     from nernfast.numerics import PINNED_ENV, is_pinned
     if not is_pinned():
         import subprocess

@@ -16,7 +16,7 @@ RAW = ROOT / "docs" / "fashion-mnist" / "raw"
 def experiments(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "experiments"))
     yield
-    for name in ("fashion_mnist_render", "digits_table"):
+    for name in ("fashion_mnist_render", "digits_table", "fashion_mnist", "plain_original", "original_spectrum"):
         sys.modules.pop(name, None)
 
 
