@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "fashion-mnist"
 RAW = DOCS / "raw"
 RUNS = ROOT / "runs" / "fashion-mnist"
-PLAIN = RUNS / "plain_original.pt"
-PLAIN_ADAMW = RUNS / "plain_adamw_original.pt"
+# experiments/plain_original.py's file per recipe (plain, plain-epyc: sgd; plain-adamw: adamw)
+PLAIN_FILES = {"sgd": RUNS / "plain_original.pt", "adamw": RUNS / "plain_adamw_original.pt"}
 CONFIG = "fashion_mnist.yaml"
 
 
@@ -58,8 +58,11 @@ class Run:
     full_eval: bool = False        # + FGSM, I-FGSM and the 40 corruption sets (about 5 minutes more)
 
     @property
-    def original_file(self) -> Path:
-        return PLAIN_ADAMW if self.original == "plain-adamw" else PLAIN
+    def plain_recipe(self) -> str | None:
+        """experiments/plain_original.py's recipe that made the original, None when it is not a plain one."""
+        if not self.original.startswith("plain"):
+            return None
+        return "adamw" if self.original == "plain-adamw" else "sgd"
 
     def args(self, resume: bool = False) -> list[str]:
         a = ["--config", CONFIG, "--recipe", self.recipe, "--seed", str(self.seed), "--no-progress",
@@ -67,8 +70,8 @@ class Run:
              "--eval", "full" if self.full_eval else "quick"]
         if self.hidden is not None:
             a += ["--hidden", str(self.hidden)]
-        if self.original.startswith("plain"):
-            a += ["--original", str(self.original_file)]
+        if self.plain_recipe:
+            a += ["--original", str(PLAIN_FILES[self.plain_recipe])]
         for s in self.extra:
             a += ["--set", s]
         return a
@@ -225,14 +228,16 @@ def train(run: Run, need_artefact: bool = False) -> None:
     have_artefact = (RUNS / run.name / "nern.safetensors").exists()
     if (RAW / f"{run.name}.json").exists() and (have_artefact or not need_artefact):
         return
-    if run.original.startswith("plain") and not run.original_file.exists():
-        recipe = "adamw" if run.original == "plain-adamw" else "sgd"
-        print(f"training the independent original {run.original_file} "
-              f"(experiments/plain_original.py --recipe {recipe})", flush=True)
-        with open(run.original_file.with_suffix(".log"), "w") as log:
-            subprocess.run(pinned_prefix() + [sys.executable, str(ROOT / "experiments" / "plain_original.py"),
-                                              str(run.original_file), "--recipe", recipe],
-                           check=True, stdout=log, stderr=subprocess.STDOUT)
+    if run.plain_recipe and not PLAIN_FILES[run.plain_recipe].exists():
+        out = PLAIN_FILES[run.plain_recipe]
+        print(f"training the independent original {out} (experiments/plain_original.py --recipe {run.plain_recipe})",
+              flush=True)
+        with open(out.with_suffix(".log"), "w") as log:
+            code = subprocess.run(pinned_prefix() + [sys.executable, str(ROOT / "experiments" / "plain_original.py"),
+                                                     str(out), "--recipe", run.plain_recipe],
+                                  stdout=log, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise SystemExit(f"training {out} failed (exit {code}); see {out.with_suffix('.log')}")
     if (RUNS / run.name / "results.json").exists():  # finished, not yet collected (e.g. its launcher stopped)
         collect(run)
         return

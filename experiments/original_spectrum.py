@@ -25,7 +25,7 @@ from nernfast.analysis.lowfreq import spectrum_check  # noqa: E402
 from nernfast.analysis.weights import conv_weights  # noqa: E402
 from nernfast.models import build_model  # noqa: E402
 from nernfast.selection import select_layers  # noqa: E402
-from fashion_mnist import PLAIN, PLAIN_ADAMW  # noqa: E402
+from fashion_mnist import PLAIN_FILES  # noqa: E402
 from plain_original import SEED  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def main() -> int:
         ck = torch.load(p, map_location="cpu", weights_only=True)
         seed = (ck["seed"], ck["in_channels"])
         rows.append((f"`{p.name}` (nernfast.pretrain)", predicted(ck["state_dict"], ck["in_channels"]), seed))
-    for plain, recipe in ((PLAIN, "sgd"), (PLAIN_ADAMW, "adamw")):
+    for recipe, plain in PLAIN_FILES.items():
         if plain.exists():
             rows.append((f"plain Fashion-MNIST original (experiments/plain_original.py --recipe {recipe})",
                          predicted(torch.load(plain, map_location="cpu", weights_only=True)), (SEED[recipe], 1)))

@@ -122,10 +122,7 @@ def test_original_spectrum_table_matches_the_tuning_doc(experiments, capsys):
     """experiments/original_spectrum.py prints the rows docs/fashion-mnist-tuning.md quotes (the shipped originals'
     are the same on every machine; the plain original's only where runs/ holds it)."""
     import original_spectrum
-    try:
-        assert original_spectrum.main() == 0
-    finally:
-        sys.modules.pop("original_spectrum", None)
+    assert original_spectrum.main() == 0
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| `resnet20_")]
     doc = (ROOT / "docs" / "fashion-mnist-tuning.md").read_text()
     assert len(rows) == 5 and all(r in doc for r in rows)
