@@ -46,6 +46,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data[4 + 4 * nd:], dtype=np.uint8).reshape(dims)
 
 
+# torch is imported inside functions: main() reruns the script with pinned numerics before torch loads
 def crop_per_batch(xb, g):
     """sgd: reflection padding, one crop offset for the whole batch."""
     import torch
@@ -73,12 +74,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out")
     p.add_argument("--recipe", choices=("sgd", "adamw"), default="sgd")
-    p.add_argument("--epochs", type=int, help="default: 12 (sgd), 10 (adamw)")
+    p.add_argument("--epochs", type=int, help=f"default per recipe: {EPOCHS}")
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--seed", type=int, help="default: 7 (sgd), 11 (adamw)")
+    p.add_argument("--seed", type=int, help=f"default per recipe: {SEED}")
     a = p.parse_args()
     adamw = a.recipe == "adamw"
-    a.epochs = a.epochs or EPOCHS[a.recipe]
+    a.epochs = a.epochs if a.epochs is not None else EPOCHS[a.recipe]
     a.seed = a.seed if a.seed is not None else SEED[a.recipe]
     from nernfast.numerics import PINNED_ENV, is_pinned
     if not is_pinned():
