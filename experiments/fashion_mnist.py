@@ -14,14 +14,15 @@ on the other core slows a run by ~10-30 %, which its wall time includes). Output
 paired intervals), which is all the renderer reads. A run whose raw file exists is not repeated; one whose run directory
 already holds results.json (its launcher stopped) is collected, not repeated.
 
-Five originals: ``shipped``, the ResNet-20 that ships with nernfast (nernfast/pretrained; what
+Six originals: ``shipped``, the ResNet-20 that ships with nernfast (nernfast/pretrained; what
 ``--config fashion_mnist.yaml`` uses on every machine); ``pretrain``, the one the earlier runs used,
 trained by ``nernfast.pretrain`` on an AMD EPYC machine and not kept (pinned pretraining repeats per
 CPU vendor only, nernfast.shipped: its runs are kept as they ran); ``plain``, a ResNet-20 trained
 by an independent script of a different recipe (experiments/plain_original.py), given as
 ``--original`` like a user's own checkpoint (``plain-epyc``: that script's file as an AMD EPYC machine made it,
-which the first plain run used; like ``pretrain`` it is not kept); and ``plain-adamw``, the same script's
-second recipe (``--recipe adamw``: AdamW, weight decay 0.05, flips; made on an AMD EPYC machine). Intervals
+which the first plain run used; like ``pretrain`` it is not kept); ``plain-adamw``, the same script's
+second recipe (``--recipe adamw``: AdamW, weight decay 0.05, flips; made on an AMD EPYC machine), and
+``plain-adamw-3ep``, that recipe stopped after 3 of its 10 epochs (``PLAIN_ORIGINALS``). Intervals
 are 95 %: for a difference between two methods (or a method and the original) the wider of the seed
 t-interval and the per-image paired interval
 (nernfast.analysis.stats.combined_paired_diff), as docs/results.md does.
@@ -41,9 +42,33 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "fashion-mnist"
 RAW = DOCS / "raw"
 RUNS = ROOT / "runs" / "fashion-mnist"
-# experiments/plain_original.py's file per recipe (plain, plain-epyc: sgd; plain-adamw: adamw)
-PLAIN_FILES = {"sgd": RUNS / "plain_original.pt", "adamw": RUNS / "plain_adamw_original.pt"}
 CONFIG = "fashion_mnist.yaml"
+# noise_decoupled's reconstruction weight before session 18 (now 1.0): the runs made with it keep it
+NOISE_REC_BEFORE = ("phase2.recon_weight=0.1",)
+
+
+@dataclass(frozen=True)
+class PlainOriginal:
+    """An original made by experiments/plain_original.py: its recipe, its length and the file it is written to."""
+    recipe: str                    # plain_original.py --recipe
+    file: Path
+    epochs: int | None = None      # None: the recipe's (plain_original.EPOCHS)
+
+    def command(self) -> list[str]:
+        epochs = [] if self.epochs is None else ["--epochs", str(self.epochs)]
+        return [sys.executable, str(ROOT / "experiments" / "plain_original.py"), str(self.file),
+                "--recipe", self.recipe, *epochs]
+
+
+# Run.original -> the plain original it names (plain and plain-epyc: the sgd recipe's one file, as each machine makes
+# it); plain-adamw-3ep: the adamw recipe stopped after 3 of its 10 epochs, an original between the two in how much
+# of it is still its random init
+PLAIN_ORIGINALS = {
+    "plain": PlainOriginal("sgd", RUNS / "plain_original.pt"),
+    "plain-epyc": PlainOriginal("sgd", RUNS / "plain_original.pt"),
+    "plain-adamw": PlainOriginal("adamw", RUNS / "plain_adamw_original.pt"),
+    "plain-adamw-3ep": PlainOriginal("adamw", RUNS / "plain_adamw_3ep_original.pt", epochs=3),
+}
 
 
 @dataclass(frozen=True)
@@ -52,17 +77,14 @@ class Run:
     recipe: str
     seed: int = 0
     hidden: int | None = None      # None: the config's (140: CR 0.35)
-    original: str = "shipped"      # shipped | pretrain (the earlier runs') | plain | plain-epyc (its AMD EPYC make)
-    #                                | plain-adamw (the plain script's second recipe)
+    original: str = "shipped"      # shipped | pretrain (the earlier runs') | a key of PLAIN_ORIGINALS
     extra: tuple[str, ...] = field(default_factory=tuple)
     full_eval: bool = False        # + FGSM, I-FGSM and the 40 corruption sets (about 5 minutes more)
 
     @property
-    def plain_recipe(self) -> str | None:
-        """experiments/plain_original.py's recipe that made the original, None when it is not a plain one."""
-        if not self.original.startswith("plain"):
-            return None
-        return "adamw" if self.original == "plain-adamw" else "sgd"
+    def plain(self) -> PlainOriginal | None:
+        """The original as experiments/plain_original.py makes it, None when it is not a plain one."""
+        return PLAIN_ORIGINALS.get(self.original)
 
     def args(self, resume: bool = False) -> list[str]:
         a = ["--config", CONFIG, "--recipe", self.recipe, "--seed", str(self.seed), "--no-progress",
@@ -70,8 +92,8 @@ class Run:
              "--eval", "full" if self.full_eval else "quick"]
         if self.hidden is not None:
             a += ["--hidden", str(self.hidden)]
-        if self.plain_recipe:
-            a += ["--original", str(PLAIN_FILES[self.plain_recipe])]
+        if self.plain:
+            a += ["--original", str(self.plain.file)]
         for s in self.extra:
             a += ["--set", s]
         return a
@@ -85,7 +107,7 @@ def plan() -> list[Run]:
     runs = [Run(f"shipped-decoupled-s{s}", "decoupled", s) for s in range(3)]
     runs += [Run(f"shipped-teacher_decoupled-s{s}", "teacher_decoupled", s) for s in range(3)]
     runs += [Run("shipped-baseline-s0", "baseline"), Run("shipped-recon_only-s0", "recon_only"),
-             Run("shipped-noise_decoupled-s0", "noise_decoupled"),
+             Run("shipped-noise_decoupled-rec0.1-s0", "noise_decoupled", extra=NOISE_REC_BEFORE),
              # CR > 1: a step at H280 costs ~2.5x one at H140, so half recon_only's steps keep the budget
              Run("shipped-recon_only-h280-s0", "recon_only", hidden=280, extra=("phase1.steps=40000",)),
              Run("shipped-progressive-s0", "progressive"),
@@ -180,10 +202,28 @@ def plan() -> list[Run]:
              for r in ("decoupled", "teacher_decoupled", "baseline", "recon_only")]
     runs += [Run(f"plain-adamw-{r}-s{s}", r, s, original="plain-adamw")
              for r in ("decoupled", "teacher_decoupled") for s in (1, 2)]
+    # session 18: the issue's remaining rows on it, one seed each (recon_only at CR > 1 as on the shipped original)
+    runs += [Run("plain-adamw-recon_only-h280-s0", "recon_only", hidden=280, original="plain-adamw",
+                 extra=("phase1.steps=40000",)),
+             Run("plain-adamw-progressive-s0", "progressive", original="plain-adamw"),
+             Run("plain-adamw-noise_decoupled-rec0.1-s0", "noise_decoupled", original="plain-adamw",
+                 extra=NOISE_REC_BEFORE)]
+    # where between the sgd original (91 % init, decoupled -1.81 pt) and the adamw one (58 %, -0.48) do the recipes
+    # stop working? The adamw recipe stopped after 3 epochs (more of it is still its init)
+    runs += [Run("plain-adamw-3ep-decoupled-s0", "decoupled", original="plain-adamw-3ep")]
+    # noise_decoupled's phase 2 lowered the network it starts from (shipped 79.97 -> 69.57 %, plain-adamw 43.18 ->
+    # 10.48 %) while its noise KD fell and the weights drifted from the original (L2 0.0163 -> 0.0185): the
+    # reconstruction anchor 10x heavier (phase2.recon_weight 1.0, noise_decoupled's default since), against the previous
+    # 0.1 again on this AMD EPYC machine (rec0.1-epyc; rec0.1: the Intel Xeon's run), from the same phase 1 per seed
+    runs += [*[Run(f"shipped-noise_decoupled-s{s}", "noise_decoupled", s) for s in range(2)],
+             *[Run(f"shipped-noise_decoupled-rec0.1-epyc-s{s}", "noise_decoupled", s, extra=NOISE_REC_BEFORE)
+               for s in range(2)],
+             Run("plain-adamw-noise_decoupled-s0", "noise_decoupled", original="plain-adamw")]
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
                   "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
                | {f"plain-adamw-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
+               | {"plain-adamw-3ep-decoupled-s0"}
                | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200", "h200-ens2") for s in range(3)})
     runs = [r if r.recipe not in ("decoupled", "teacher_decoupled") or r.name in current else _fixed_bn(r)
             for r in runs]
@@ -207,7 +247,7 @@ def _earlier() -> list[Run]:
              Run("recon_only-h280-s0", "recon_only", hidden=280, extra=("phase1.steps=40000",)),
              # progressive: clean accuracy only (its 3 rounds already take the budget of the others' full evaluation)
              Run("progressive-s0", "progressive", extra=("progressive.bn_recalibration=0",)),
-             Run("noise_decoupled-s0", "noise_decoupled"),
+             Run("noise_decoupled-s0", "noise_decoupled", extra=NOISE_REC_BEFORE),
              # the precision check: decoupled seed 0 again in float32 (bf16 where the default is auto)
              Run("decoupled-float32-s0", "decoupled", extra=("precision=float32",)),
              Run("decoupled-h113-s0", "decoupled", hidden=113)]
@@ -228,14 +268,11 @@ def train(run: Run, need_artefact: bool = False) -> None:
     have_artefact = (RUNS / run.name / "nern.safetensors").exists()
     if (RAW / f"{run.name}.json").exists() and (have_artefact or not need_artefact):
         return
-    if run.plain_recipe and not PLAIN_FILES[run.plain_recipe].exists():
-        out = PLAIN_FILES[run.plain_recipe]
-        print(f"training the independent original {out} (experiments/plain_original.py --recipe {run.plain_recipe})",
-              flush=True)
+    if run.plain and not run.plain.file.exists():
+        out = run.plain.file
+        print(f"training the independent original {out} ({' '.join(run.plain.command()[1:])})", flush=True)
         with open(out.with_suffix(".log"), "w") as log:
-            code = subprocess.run(pinned_prefix() + [sys.executable, str(ROOT / "experiments" / "plain_original.py"),
-                                                     str(out), "--recipe", run.plain_recipe],
-                                  stdout=log, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(pinned_prefix() + run.plain.command(), stdout=log, stderr=subprocess.STDOUT).returncode
         if code != 0:
             raise SystemExit(f"training {out} failed (exit {code}); see {out.with_suffix('.log')}")
     if (RUNS / run.name / "results.json").exists():  # finished, not yet collected (e.g. its launcher stopped)

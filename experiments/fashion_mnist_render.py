@@ -14,8 +14,9 @@ from typing import Any
 from nernfast.analysis import plotting, stats
 
 # shipped: nernfast/pretrained (every machine's); pretrain: the earlier runs' AMD-trained original, not kept
-# plain-epyc: the plain script's file as an AMD EPYC made it; plain-adamw: its second recipe (AMD EPYC)
-ORIGINALS = ("shipped", "pretrain", "plain", "plain-epyc", "plain-adamw")
+# plain-epyc: the plain script's file as an AMD EPYC made it; plain-adamw: its second recipe (AMD EPYC), -3ep: that
+# recipe stopped after 3 epochs
+ORIGINALS = ("shipped", "pretrain", "plain", "plain-epyc", "plain-adamw", "plain-adamw-3ep")
 RECIPE_ORDER = ("decoupled", "teacher_decoupled", "baseline", "recon_only", "progressive", "noise_decoupled")
 
 
@@ -109,7 +110,7 @@ def render(raw_dir: Path, out_dir: Path, page: Path) -> str:
         source = r["original_source"]
         if o == "shipped":  # copied from the package into the cache: name where it ships
             source = f"nernfast/pretrained/{Path(source).name}"
-        elif o in ("pretrain", "plain-epyc", "plain-adamw"):
+        elif o in ("pretrain", "plain-epyc", "plain-adamw", "plain-adamw-3ep"):
             source += " (AMD EPYC, not kept)"
         lines.append(f"| original ({o}) | {pct(r['original']['accuracy'])} | `{source}` |")
     teachers = {}  # one row per (original, teacher) that a run distilled from

@@ -25,7 +25,7 @@ from nernfast.analysis.lowfreq import spectrum_check  # noqa: E402
 from nernfast.analysis.weights import conv_weights  # noqa: E402
 from nernfast.models import build_model  # noqa: E402
 from nernfast.selection import select_layers  # noqa: E402
-from fashion_mnist import PLAIN_FILES  # noqa: E402
+from fashion_mnist import PLAIN_ORIGINALS  # noqa: E402
 from plain_original import SEED  # noqa: E402
 
 
@@ -56,10 +56,11 @@ def main() -> int:
         ck = torch.load(p, map_location="cpu", weights_only=True)
         seed = (ck["seed"], ck["in_channels"])
         rows.append((f"`{p.name}` (nernfast.pretrain)", predicted(ck["state_dict"], ck["in_channels"]), seed))
-    for recipe, plain in PLAIN_FILES.items():
-        if plain.exists():
-            rows.append((f"plain Fashion-MNIST original (experiments/plain_original.py --recipe {recipe})",
-                         predicted(torch.load(plain, map_location="cpu", weights_only=True)), (SEED[recipe], 1)))
+    for plain in dict.fromkeys(PLAIN_ORIGINALS.values()):  # plain and plain-epyc: one file
+        if plain.file.exists():
+            rows.append((f"plain Fashion-MNIST original (experiments/plain_original.py {' '.join(plain.command()[3:])})",
+                         predicted(torch.load(plain.file, map_location="cpu", weights_only=True)),
+                         (SEED[plain.recipe], 1)))
     print("| original | low-freq. ratio | random matrices | excess | near random | energy along its init |")
     print("|---|---|---|---|---|---|")
     for name, w, seed in rows:

@@ -127,3 +127,14 @@ def test_original_spectrum_table_matches_the_tuning_doc(experiments, capsys):
     doc = (ROOT / "docs" / "fashion-mnist-tuning.md").read_text()
     assert len(rows) == 5 and all(r in doc for r in rows)
     assert all(r.endswith("| no | 12 % |") or r.endswith("| no | 13 % |") for r in rows if "fashion-mnist" in r)
+
+
+def test_every_planned_original_is_one_the_runner_can_make_and_the_renderer_orders(experiments):
+    """A plan entry names its original by key: shipped, pretrain or a plain one (fashion_mnist.PLAIN_ORIGINALS,
+    whose recipes experiments/plain_original.py has); the renderer orders the originals by its own list."""
+    import fashion_mnist
+    import plain_original
+    from fashion_mnist_render import ORIGINALS
+    names = {r.original for r in fashion_mnist.plan()}
+    assert names <= {"shipped", "pretrain", *fashion_mnist.PLAIN_ORIGINALS} and names <= set(ORIGINALS)
+    assert all(p.recipe in plain_original.EPOCHS for p in fashion_mnist.PLAIN_ORIGINALS.values())
