@@ -43,6 +43,14 @@ def test_reconstruction_and_distillation_are_different_defaults():
     assert (noise.phase1.select, noise.phase2.select, noise.phase2.data) == ("last", "noise_kd", "noise")
 
 
+def test_noise_decoupled_holds_its_weights_to_the_original_harder_than_the_data_recipes():
+    """Measured (docs/fashion-mnist-tuning.md, session 18): on noise images phase 2 drifts from what the data needs
+    unless the reconstruction anchor is 10x the data recipes'; on every dataset's config."""
+    for config in (None, "fashion_mnist.yaml"):
+        noise, data = resolve("noise_decoupled", config=config), resolve("decoupled", config=config)
+        assert (noise.phase2.recon_weight, data.phase2.recon_weight) == (1.0, 0.1)
+
+
 def test_resolution_order(tmp_path):
     cfg_file = write(tmp_path, {"phase1": {"lr": 0.01, "steps": 7}, "nern": {"hidden": 50},
                                 "per_recipe": {"decoupled": {"phase1": {"lr": 0.02}},
