@@ -54,10 +54,12 @@ class PlainOriginal:
     file: Path
     epochs: int | None = None      # None: the recipe's (plain_original.EPOCHS)
 
+    def options(self) -> list[str]:
+        """plain_original.py's options that make it."""
+        return ["--recipe", self.recipe] + ([] if self.epochs is None else ["--epochs", str(self.epochs)])
+
     def command(self) -> list[str]:
-        epochs = [] if self.epochs is None else ["--epochs", str(self.epochs)]
-        return [sys.executable, str(ROOT / "experiments" / "plain_original.py"), str(self.file),
-                "--recipe", self.recipe, *epochs]
+        return [sys.executable, str(ROOT / "experiments" / "plain_original.py"), str(self.file), *self.options()]
 
 
 # Run.original -> the plain original it names (plain and plain-epyc: the sgd recipe's one file, as each machine makes
@@ -270,9 +272,11 @@ def train(run: Run, need_artefact: bool = False) -> None:
         return
     if run.plain and not run.plain.file.exists():
         out = run.plain.file
-        print(f"training the independent original {out} ({' '.join(run.plain.command()[1:])})", flush=True)
+        print(f"training the independent original {out} (experiments/plain_original.py {' '.join(run.plain.options())})",
+              flush=True)
         with open(out.with_suffix(".log"), "w") as log:
-            code = subprocess.run(pinned_prefix() + run.plain.command(), stdout=log, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(pinned_prefix() + run.plain.command(), stdout=log,
+                                  stderr=subprocess.STDOUT).returncode
         if code != 0:
             raise SystemExit(f"training {out} failed (exit {code}); see {out.with_suffix('.log')}")
     if (RUNS / run.name / "results.json").exists():  # finished, not yet collected (e.g. its launcher stopped)

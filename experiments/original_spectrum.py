@@ -58,7 +58,7 @@ def main() -> int:
         rows.append((f"`{p.name}` (nernfast.pretrain)", predicted(ck["state_dict"], ck["in_channels"]), seed))
     for plain in dict.fromkeys(PLAIN_ORIGINALS.values()):  # plain and plain-epyc: one file
         if plain.file.exists():
-            rows.append((f"plain Fashion-MNIST original (experiments/plain_original.py {' '.join(plain.command()[3:])})",
+            rows.append((f"plain Fashion-MNIST original (experiments/plain_original.py {' '.join(plain.options())})",
                          predicted(torch.load(plain.file, map_location="cpu", weights_only=True)),
                          (SEED[plain.recipe], 1)))
     print("| original | low-freq. ratio | random matrices | excess | near random | energy along its init |")
