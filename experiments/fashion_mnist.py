@@ -272,8 +272,8 @@ def train(run: Run, need_artefact: bool = False) -> None:
         return
     if run.plain and not run.plain.file.exists():
         out = run.plain.file
-        print(f"training the independent original {out} (experiments/plain_original.py {' '.join(run.plain.options())})",
-              flush=True)
+        options = " ".join(run.plain.options())
+        print(f"training the independent original {out} (experiments/plain_original.py {options})", flush=True)
         with open(out.with_suffix(".log"), "w") as log:
             code = subprocess.run(pinned_prefix() + run.plain.command(), stdout=log,
                                   stderr=subprocess.STDOUT).returncode
