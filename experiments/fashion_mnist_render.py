@@ -110,8 +110,8 @@ def render(raw_dir: Path, out_dir: Path, page: Path) -> str:
         source = r["original_source"]
         if o == "shipped":  # copied from the package into the cache: name where it ships
             source = f"nernfast/pretrained/{Path(source).name}"
-        elif o in ("pretrain", "plain-epyc", "plain-adamw", "plain-adamw-3ep"):
-            source += " (AMD EPYC, not kept)"
+        else:  # made on the machine of its runs (runs/ or the cache), not committed
+            source += f" ({r.get('environment', {}).get('cpu', '?')}, not kept)"
         lines.append(f"| original ({o}) | {pct(r['original']['accuracy'])} | `{source}` |")
     teachers = {}  # one row per (original, teacher) that a run distilled from
     for r in raw.values():

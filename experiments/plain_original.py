@@ -73,7 +73,7 @@ def crop_flip(xb, g):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out")
-    p.add_argument("--recipe", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--recipe", choices=tuple(SEED), default="sgd")
     p.add_argument("--epochs", type=int, help=f"default per recipe: {EPOCHS}")
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--seed", type=int, help=f"default per recipe: {SEED}")
