@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,8 @@ RUNS = ROOT / "runs" / "fashion-mnist"
 CONFIG = "fashion_mnist.yaml"
 # noise_decoupled's reconstruction weight before session 18 (now 1.0): the runs made with it keep it
 NOISE_REC_BEFORE = ("phase2.recon_weight=0.1",)
+# recon_only and baseline before session 19 kept the original's BN statistics (since: re-estimated at the end)
+END_BN_BEFORE = ("bn_recalibration_end=0",)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ def plan() -> list[Run]:
     (their raw files exist, so they are not repeated)."""
     runs = [Run(f"shipped-decoupled-s{s}", "decoupled", s) for s in range(3)]
     runs += [Run(f"shipped-teacher_decoupled-s{s}", "teacher_decoupled", s) for s in range(3)]
+    # (the recon_only and baseline runs below are from before session 19: _inherited_bn renames them *-inherited-bn-*)
     runs += [Run("shipped-baseline-s0", "baseline"), Run("shipped-recon_only-s0", "recon_only"),
              Run("shipped-noise_decoupled-rec0.1-s0", "noise_decoupled", extra=NOISE_REC_BEFORE),
              # CR > 1: a step at H280 costs ~2.5x one at H140, so half recon_only's steps keep the budget
@@ -221,6 +225,12 @@ def plan() -> list[Run]:
              *[Run(f"shipped-noise_decoupled-rec0.1-epyc-s{s}", "noise_decoupled", s, extra=NOISE_REC_BEFORE)
                for s in range(2)],
              Run("plain-adamw-noise_decoupled-s0", "noise_decoupled", original="plain-adamw")]
+    # session 19: recon_only and baseline re-estimate the kept network's BN statistics at the end
+    # (bn_recalibration_end; the runs above kept the original's: variant inherited-bn)
+    end_bn = [Run(f"{o}-{r}-s0", r, original=o) for o in ("shipped", "plain-adamw") for r in ("baseline", "recon_only")]
+    end_bn += [Run(f"{o}-recon_only-h280-s0", "recon_only", hidden=280, original=o, extra=("phase1.steps=40000",))
+               for o in ("shipped", "plain-adamw")]
+    runs = [_inherited_bn(r) if r.recipe in ("baseline", "recon_only") else r for r in runs] + end_bn
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
                   "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
@@ -229,7 +239,14 @@ def plan() -> list[Run]:
                | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200", "h200-ens2") for s in range(3)})
     runs = [r if r.recipe not in ("decoupled", "teacher_decoupled") or r.name in current else _fixed_bn(r)
             for r in runs]
-    return _earlier() + runs
+    return [_inherited_bn(r) if r.recipe in ("baseline", "recon_only") else r for r in _earlier()] + runs
+
+
+def _inherited_bn(run: Run) -> Run:
+    """A recon_only or baseline run from before session 19, whose kept network kept the original's BN statistics:
+    variant ``inherited-bn`` (bn_recalibration_end = 0)."""
+    name = re.sub(r"-s(\d+)$", r"-inherited-bn-s\1", run.name)
+    return replace(run, name=name, extra=run.extra + END_BN_BEFORE)
 
 
 def _fixed_bn(run: Run) -> Run:

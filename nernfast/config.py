@@ -141,6 +141,11 @@ class RunConfig:
     precision: str = "auto"
     channels_last: bool | None = None    # None: on exactly when the resolved precision is bf16 on the CPU
     share_phase1: bool = True            # reuse an identical earlier run's phase 1 (nernfast.training.shared)
+    # After the recipe's last phase: re-estimate the kept network's BN statistics for its own weights on this
+    # many unaugmented training batches (nernfast.bn_stats); the run is scored, and its artefact written, with
+    # them. 0: keep the statistics the last phase left (the original's, unless the phase measured its own).
+    # Progressive re-estimates after every round instead (progressive.bn_recalibration).
+    bn_recalibration_end: int = 0
     nern: NeRNConfig = field(default_factory=NeRNConfig)
     phase1: PhaseConfig = field(default_factory=lambda: PhaseConfig(name="reconstruction"))
     phase2: PhaseConfig = field(default_factory=lambda: PhaseConfig(name="distillation"))

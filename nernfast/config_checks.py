@@ -78,6 +78,7 @@ RANGES: dict[str, Range] = {
     "progressive.rounds": at_least(1),
     "progressive.seeds": at_least(1),
     "progressive.bn_recalibration": NONNEGATIVE,
+    "bn_recalibration_end": NONNEGATIVE,
     "eval.batch_size": at_least(1),
     "eval.fgsm_eps": NONNEGATIVE,
     "eval.ifgsm_eps": NONNEGATIVE,
@@ -170,6 +171,10 @@ def check(cfg: RunConfig) -> None:
             raise ConfigError(f"{what} need{'s' if len(on) == 1 else ''} training images but {key}.data = "
                               f"{p.data!r}; pass {' '.join(f'--set {key}.{o}={off}' for o, off in on)} or "
                               f"--set {key}.data=dataset")
+    if cfg.recipe == "progressive" and cfg.bn_recalibration_end:
+        raise ConfigError(f"bn_recalibration_end = {cfg.bn_recalibration_end} does not apply to progressive, which "
+                          "re-estimates BN statistics after every round (progressive.bn_recalibration); pass "
+                          "--set bn_recalibration_end=0")
     for key in ("include", "exclude"):
         for pattern in getattr(cfg.nern, key) or []:
             try:

@@ -138,3 +138,30 @@ def test_every_planned_original_is_one_the_runner_can_make_and_the_renderer_orde
     names = {r.original for r in fashion_mnist.plan()}
     assert names <= {"shipped", "pretrain", *fashion_mnist.PLAIN_ORIGINALS} and names <= set(ORIGINALS)
     assert all(p.recipe in plain_original.EPOCHS for p in fashion_mnist.PLAIN_ORIGINALS.values())
+
+
+def test_digits_table_says_which_rows_ran_with_other_thread_counts(experiments):
+    from digits_table import _threads
+    assert _threads({1: ["decoupled (0)"]}) == "1 thread(s)"
+    assert _threads({2: ["recon_only (0)"], 1: ["decoupled (0)", "progressive (0)"]}) == \
+        "1 thread(s) for decoupled (0), progressive (0); 2 thread(s) for recon_only (0)"
+
+
+def test_targets_judge_todays_recipe_first_and_name_an_earlier_one(experiments):
+    """A target reads the recipe's default runs; an original without them is judged with the recipe of its time,
+    whose variant the line names (recon_only and baseline before bn_recalibration_end: inherited-bn)."""
+    from fashion_mnist_render import targets
+
+    def run(correct: int, cr: float = 0.35) -> dict:
+        return {"final": {"correct": "1" * correct + "0" * (100 - correct)}, "original": {"correct": "1" * 100},
+                "sizes": {"compression_ratio": cr}, "run": {"seed": 0}, "stages": []}
+    groups = {("shipped", "recon_only", 1.14, "h280-inherited-bn"): [run(90, 1.14)],
+              ("shipped", "recon_only", 1.14, "h280"): [run(100, 1.14)],
+              ("shipped", "decoupled", 0.35, ""): [run(99)],
+              ("shipped", "baseline", 0.35, "inherited-bn"): [run(95)]}
+    text = "\n".join(targets(groups, {"shipped": 1.0}))
+    assert "- recon_only at CR 1.14 ≥ original − 0.1 pt: **met** (+0.00" in text
+    assert "- decoupled > baseline (inherited-bn), interval excluding 0: **met**" in text
+    del groups[("shipped", "recon_only", 1.14, "h280")]
+    text = "\n".join(targets(groups, {"shipped": 1.0}))
+    assert "- recon_only (inherited-bn) at CR 1.14 ≥ original − 0.1 pt: **missed** (-10.00" in text

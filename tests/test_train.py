@@ -387,6 +387,54 @@ def test_progressive_recalibration_is_on_by_default_and_checked():
         resolve("progressive", sets=["progressive.bn_recalibration=-1"])
 
 
+@pytest.mark.parametrize("recipe", ["recon_only", "baseline", "decoupled"])
+def test_the_kept_network_ends_with_statistics_of_its_own(recipe, nets, tmp_path, monkeypatch):
+    """bn_recalibration_end: after the last phase the kept network's BN statistics are re-estimated for it; the run
+    is scored with them (the last phase's figures move to the record) and the artefact carries them."""
+    from nernfast.checkpoints import read_checkpoint
+    shells, measured = [], {}
+    real_recal, real_run = recipes_mod.recalibrated, phase_mod.run_phase
+
+    def recal(*a, **k):
+        shells.append(real_recal(*a, **k))
+        return shells[-1]
+
+    def spy(ctx, nern, phase, nets_, eval_model, stage, *a, **k):
+        res = real_run(ctx, nern, phase, nets_, eval_model, stage, *a, **k)
+        measured[stage] = res["val_acc"]
+        return res
+    monkeypatch.setattr(recipes_mod, "recalibrated", recal)
+    monkeypatch.setattr(recipes_mod, "run_phase", spy)
+    res = train_cli.run(tiny_cfg(recipe, nets, tmp_path, ["bn_recalibration_end=3"]), progress=False)
+    last = res["stages"][-1]
+    rec = last["bn_recalibration_end"]
+    assert rec["batches"] == 3 and rec["val_acc_before"] == measured[last["stage"]]
+    assert rec["val_acc"] == last["val_acc"] and rec["test_acc"] == last["test_acc"] == res["final"]["accuracy"]
+    key = "layer3.2.bn2.running_mean"
+    end = shells[-1].state_dict()[key]  # the last re-estimation is the end's (decoupled's phase 2 has its own first)
+    assert not torch.equal(end, read_checkpoint(nets[0])["state_dict"][key])
+    model = nernfast.load(tmp_path / "nern.safetensors")
+    torch.testing.assert_close(model.state_dict()[key], end, rtol=0, atol=0)
+
+
+def test_end_recalibration_defaults_and_checks(nets, tmp_path):
+    for config in (None, "fashion_mnist.yaml"):  # on for the recipes whose kept network has the original's statistics
+        assert {r: resolve(r, config=config).bn_recalibration_end for r in RECIPES} == {
+            "recon_only": 40, "progressive": 0, "baseline": 40, "decoupled": 0, "teacher_decoupled": 0,
+            "noise_decoupled": 0}
+    with pytest.raises(ConfigError, match=r"bn_recalibration_end = 40 does not apply to progressive.*"
+                                          r"--set bn_recalibration_end=0"):
+        resolve("progressive", sets=["bn_recalibration_end=40"])
+    with pytest.raises(ConfigError, match="bn_recalibration_end = -1 is out of range"):
+        resolve("recon_only", sets=["bn_recalibration_end=-1"])
+    res = train_cli.run(tiny_cfg("recon_only", nets, tmp_path, ["bn_recalibration_end=0"]), progress=False)
+    assert "bn_recalibration_end" not in res["stages"][-1]  # off: the original's statistics, as before
+    key = "layer3.2.bn2.running_mean"
+    from nernfast.checkpoints import read_checkpoint
+    torch.testing.assert_close(nernfast.load(tmp_path / "nern.safetensors").state_dict()[key],
+                               read_checkpoint(nets[0])["state_dict"][key], rtol=0, atol=0)
+
+
 def test_phase2_starts_from_recalibrated_statistics(nets, tmp_path, monkeypatch):
     # decoupled re-estimates BN statistics before phase 2: the student and the artefact carry them,
     # while the reconstruction and feature-map targets stay the original's.
