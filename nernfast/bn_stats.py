@@ -10,8 +10,9 @@ and 83 -> 93 % validation accuracy, docs/fashion-mnist-tuning.md, R1) and by ner
 around its fine-tune. BN layers are not predicted: an artefact stores their statistics anyway, so
 this costs no bytes. Also after each progressive round (``progressive.bn_recalibration``), whose
 rounds otherwise inherit statistics measured on ever older weights, and at the end of recon_only and
-baseline (``bn_recalibration_end``), whose kept networks otherwise carry the original's. ``load_buffers`` puts statistics
-gathered elsewhere (a phase that trains with batch statistics, ``phase.bn_batch_stats``) into a network.
+baseline (``bn_recalibration_end``), whose kept networks otherwise carry the original's.
+``load_buffers`` puts statistics gathered elsewhere (a phase that trains with batch statistics,
+``phase.bn_batch_stats``) into a network.
 """
 from __future__ import annotations
 
