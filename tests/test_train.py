@@ -334,10 +334,9 @@ def test_progressive_runs_and_reports_every_round(nets, tmp_path, monkeypatch):
     assert res["final"]["accuracy"] == r1["test_acc"]  # the artefact is round 1's predictor
 
 
-def test_progressive_rounds_carry_their_own_statistics(nets, tmp_path, monkeypatch):
-    """progressive.bn_recalibration: each round is scored with BN statistics re-estimated for its network,
-    the next round reconstructs (and is evaluated in) that network, and the artefact keeps the kept round's."""
-    from nernfast.checkpoints import read_checkpoint
+def _spy_recalibration(monkeypatch) -> tuple[list, dict]:
+    """Every network the recipes re-estimate BN statistics for, in order, and each phase's (evaluation network,
+    PhaseNets, validation accuracy) by stage, as the runs produce them."""
     shells, measured = [], {}
     real_recal, real_run = recipes_mod.recalibrated, phase_mod.run_phase
 
@@ -351,6 +350,14 @@ def test_progressive_rounds_carry_their_own_statistics(nets, tmp_path, monkeypat
         return res
     monkeypatch.setattr(recipes_mod, "recalibrated", recal)
     monkeypatch.setattr(recipes_mod, "run_phase", spy)
+    return shells, measured
+
+
+def test_progressive_rounds_carry_their_own_statistics(nets, tmp_path, monkeypatch):
+    """progressive.bn_recalibration: each round is scored with BN statistics re-estimated for its network,
+    the next round reconstructs (and is evaluated in) that network, and the artefact keeps the kept round's."""
+    from nernfast.checkpoints import read_checkpoint
+    shells, measured = _spy_recalibration(monkeypatch)
     vals = iter([0.5, 0.6])  # round 2 improves: it is kept
 
     real_recal_round = recipes_mod.RecipeRunner.recalibrate_round
@@ -392,23 +399,11 @@ def test_the_kept_network_ends_with_statistics_of_its_own(recipe, nets, tmp_path
     """bn_recalibration_end: after the last phase the kept network's BN statistics are re-estimated for it; the run
     is scored with them (the last phase's figures move to the record) and the artefact carries them."""
     from nernfast.checkpoints import read_checkpoint
-    shells, measured = [], {}
-    real_recal, real_run = recipes_mod.recalibrated, phase_mod.run_phase
-
-    def recal(*a, **k):
-        shells.append(real_recal(*a, **k))
-        return shells[-1]
-
-    def spy(ctx, nern, phase, nets_, eval_model, stage, *a, **k):
-        res = real_run(ctx, nern, phase, nets_, eval_model, stage, *a, **k)
-        measured[stage] = res["val_acc"]
-        return res
-    monkeypatch.setattr(recipes_mod, "recalibrated", recal)
-    monkeypatch.setattr(recipes_mod, "run_phase", spy)
+    shells, measured = _spy_recalibration(monkeypatch)
     res = train_cli.run(tiny_cfg(recipe, nets, tmp_path, ["bn_recalibration_end=3"]), progress=False)
     last = res["stages"][-1]
     rec = last["bn_recalibration_end"]
-    assert rec["batches"] == 3 and rec["val_acc_before"] == measured[last["stage"]]
+    assert rec["batches"] == 3 and rec["val_acc_before"] == measured[last["stage"]][2]
     assert rec["val_acc"] == last["val_acc"] and rec["test_acc"] == last["test_acc"] == res["final"]["accuracy"]
     key = "layer3.2.bn2.running_mean"
     end = shells[-1].state_dict()[key]  # the last re-estimation is the end's (decoupled's phase 2 has its own first)
