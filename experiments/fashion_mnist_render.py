@@ -140,8 +140,9 @@ def render(raw_dir: Path, out_dir: Path, page: Path) -> str:
             p1s += " (BN re-est.: val " + "; ".join(pct(v) for v in recal) + ")"
         end = [st["bn_recalibration_end"] for r in runs for st in r["stages"] if st.get("bn_recalibration_end")]
         if end:  # the kept network before and after its statistics were re-estimated at the end (test split)
-            p1s += " (BN re-est. at the end: test " + "; ".join(
-                f"{pct(e['test_acc_before'])} → {pct(e['test_acc'])}" for e in end) + ")"
+            at_end = "BN re-est. at the end: test " + "; ".join(
+                f"{pct(e['test_acc_before'])} → {pct(e['test_acc'])}" for e in end)
+            p1s = at_end if p1s == "–" else f"{p1s} ({at_end})"
         wall = sum(train_seconds(r) for r in runs) / len(runs) / 60
         lines.append(f"| {o} | {recipe} | {cr:.2f} | {variant or 'default'} | {len(runs)} | {pct(sum(accs) / len(accs))} "
                      f"({'; '.join(pct(a) for a in accs)}) | {interval(m, lo, hi)} | {p1s} | {wall:.1f} |")
