@@ -233,16 +233,15 @@ def plan() -> list[Run]:
     # with the statistics re-estimated at the end, the step kept by validation accuracy on the original's statistics
     # (45 000: they swing 81-88 % over the last 35 000 steps) is not the lowest error (80 000): kept by the error
     end_bn += [Run("shipped-recon_only-l2sel-s0", "recon_only", extra=("phase1.select=recon_l2",))]
-    runs = [_inherited_bn(r) if r.recipe in ("baseline", "recon_only") else r for r in runs] + end_bn
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
                   "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
                | {f"plain-adamw-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"plain-adamw-3ep-decoupled-s0"}
                | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200", "h200-ens2") for s in range(3)})
-    runs = [r if r.recipe not in ("decoupled", "teacher_decoupled") or r.name in current else _fixed_bn(r)
-            for r in runs]
-    return [_inherited_bn(r) if r.recipe in ("baseline", "recon_only") else r for r in _earlier()] + runs
+    runs = _earlier() + [r if r.recipe not in ("decoupled", "teacher_decoupled") or r.name in current
+                         else _fixed_bn(r) for r in runs]
+    return [_inherited_bn(r) if r.recipe in ("baseline", "recon_only") else r for r in runs] + end_bn
 
 
 def _inherited_bn(run: Run) -> Run:

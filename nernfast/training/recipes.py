@@ -134,7 +134,7 @@ class RecipeRunner:
             if res["diverged"]:
                 return RecipeResult(nern, shell, self.stages, res["diverged"])
         if cfg.bn_recalibration_end:  # the kept network scored, and written, with statistics measured on it
-            shell = self.rescored(nern, shell, self.stages[-1], cfg.bn_recalibration_end, p.batch_size,
+            shell = self.rescored(nern, shell, self.stages[-1], cfg.bn_recalibration_end, p.batch_size,  # last phase's
                                   cfg.seed + len(keys), "bn_recalibration_end")
         return RecipeResult(nern, shell, self.stages)
 
