@@ -48,6 +48,9 @@ CONFIG = "fashion_mnist.yaml"
 NOISE_REC_BEFORE = ("phase2.recon_weight=0.1",)
 # recon_only and baseline before session 19 kept the original's BN statistics (since: re-estimated at the end)
 END_BN_BEFORE = ("bn_recalibration_end=0",)
+# before session 20 the re-estimated statistics (end, progressive rounds) were measured once, for the step chosen on
+# the inherited ones (since: every evaluation scores with statistics re-estimated for its network)
+SCORED_ONCE_BEFORE = ("bn_score_every_eval=false",)
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,10 @@ def plan() -> list[Run]:
     # with the statistics re-estimated at the end, the step kept by validation accuracy on the original's statistics
     # (45 000: they swing 81-88 % over the last 35 000 steps) is not the lowest error (80 000): kept by the error
     end_bn += [Run("shipped-recon_only-l2sel-s0", "recon_only", extra=("phase1.select=recon_l2",))]
+    # session 20: every evaluation scored with statistics re-estimated for its network (bn_score_every_eval); the
+    # session-19 runs and the progressive ones with per-round re-estimation chose theirs on the inherited ones
+    own_bn = [r for r in end_bn if r.name != "shipped-recon_only-l2sel-s0"]
+    own_bn += [Run(f"{o}-progressive-s0", "progressive", original=o) for o in ("shipped", "plain-adamw")]
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
                   "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
@@ -241,7 +248,26 @@ def plan() -> list[Run]:
                | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200", "h200-ens2") for s in range(3)})
     runs = _earlier() + [r if r.recipe not in ("decoupled", "teacher_decoupled") or r.name in current
                          else _fixed_bn(r) for r in runs]
-    return [_inherited_bn(r) if r.recipe in ("baseline", "recon_only") else r for r in runs] + end_bn
+    runs = [_inherited_bn(r) if r.recipe in ("baseline", "recon_only") else r for r in runs] + end_bn
+    return [_scored_once(r) if _scored_with_own_bn(r) else r for r in runs] + own_bn
+
+
+def _scored_with_own_bn(run: Run) -> bool:
+    """Whether today's code scores ``run``'s evaluations with re-estimated statistics (a validation-selected
+    phase with bn_recalibration_end or progressive.bn_recalibration on)."""
+    extra = set(run.extra)
+    if any(e.startswith("phase1.select=") and e != "phase1.select=val_acc" for e in extra):
+        return False
+    if run.recipe == "progressive":
+        return "progressive.bn_recalibration=0" not in extra
+    return run.recipe in ("baseline", "recon_only") and not extra & set(END_BN_BEFORE)
+
+
+def _scored_once(run: Run) -> Run:
+    """A run from before session 20 whose re-estimated statistics were measured once, for the step chosen on the
+    inherited ones: variant ``sel-inherited-bn`` (bn_score_every_eval = false)."""
+    name = re.sub(r"-s(\d+)$", r"-sel-inherited-bn-s\1", run.name)
+    return replace(run, name=name, extra=run.extra + SCORED_ONCE_BEFORE)
 
 
 def _inherited_bn(run: Run) -> Run:

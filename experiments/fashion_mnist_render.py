@@ -171,11 +171,26 @@ def _find(groups, o, recipe, cr=0.35, variant=""):
     return None
 
 
-def _find_or_earlier(groups, o, recipe, earlier: str) -> tuple[list | None, str]:
-    """``recipe``'s default runs on original ``o`` and its label; without them, its ``earlier`` variant's (the
-    recipe as it was before a default changed), labelled so."""
-    runs = _find(groups, o, recipe)
-    return (runs, recipe) if runs else (_find(groups, o, recipe, variant=earlier), f"{recipe} ({earlier})")
+# A recipe as it was before its defaults changed, newest first: the variant its earlier runs were renamed to
+EARLIER = {"decoupled": ("fixed-bn",),
+           "baseline": ("sel-inherited-bn", "inherited-bn"),   # before sessions 20 and 19
+           "recon_only": ("sel-inherited-bn", "inherited-bn")}
+
+
+def _age(recipe: str, variant: str) -> int:
+    """0 for today's recipe, else 1 + the position in EARLIER of the earlier recipe ``variant`` ran with."""
+    ends = [i for i, e in enumerate(EARLIER.get(recipe, ())) if variant == e or variant.endswith(f"-{e}")]
+    return 1 + ends[0] if ends else 0
+
+
+def _find_or_earlier(groups, o, recipe) -> tuple[list | None, str]:
+    """``recipe``'s default runs on original ``o`` and its label; without them, its newest earlier variant's
+    (EARLIER), labelled so."""
+    for variant in ("", *EARLIER.get(recipe, ())):
+        runs = _find(groups, o, recipe, variant=variant)
+        if runs:
+            return runs, f"{recipe} ({variant})" if variant else recipe
+    return None, recipe
 
 
 ORIGINAL = ["the original"]  # a comparison's "against" when it is the original network
@@ -190,13 +205,12 @@ def targets(groups, orig_acc) -> list[str]:
     for o in ORIGINALS:
         # an original last run before a default changed is judged with the recipe of its time (its variant named)
         (dec, dec_name), (base, base_name), (rec, rec_name) = (
-            _find_or_earlier(groups, o, r, earlier) for r, earlier in (
-                ("decoupled", "fixed-bn"), ("baseline", "inherited-bn"), ("recon_only", "inherited-bn")))
+            _find_or_earlier(groups, o, r) for r in ("decoupled", "baseline", "recon_only"))
         tea, noise = _find(groups, o, "teacher_decoupled"), _find(groups, o, "noise_decoupled")
-        big = sorted(((v, runs) for (go, gr, cr, v), runs in groups.items() if go == o and gr == "recon_only"
-                      and cr > 1), key=lambda vr: "inherited-bn" in vr[0])  # today's recipe first
-        big_name = f"recon_only{' (inherited-bn)' if big and 'inherited-bn' in big[0][0] else ''}"
-        big = big[0][1] if big else None
+        big = sorted(((_age("recon_only", v), v, runs) for (go, gr, cr, v), runs in groups.items()
+                      if go == o and gr == "recon_only" and cr > 1), key=lambda avr: avr[:2])  # today's recipe first
+        big_name = "recon_only" + (f" ({EARLIER['recon_only'][big[0][0] - 1]})" if big and big[0][0] else "")
+        big = big[0][2] if big else None
         prog = sorted(((v, runs) for (go, gr, _, v), runs in groups.items() if go == o and gr == "progressive"),
                       key=lambda vr: vr[0])
         if not any((dec, base, rec, tea, noise, big, prog)):

@@ -175,7 +175,8 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite: 
         "teacher_check": ctx.teacher_check,
         "original_check": ctx.original_check,
         "final": evaluate_model(final_model, ctx.bundle, log=say("final model"), **ekw),
-        "stages": [{k: v for k, v in s.items() if k not in ("predictor", "bn_buffers")} for s in produced.stages],
+        "stages": [{k: v for k, v in s.items() if k not in ("predictor", "bn_buffers", "own_bn_buffers")}
+                   for s in produced.stages],
         "sizes": nern.size_report(),
         "config": to_dict(cfg),
         "environment": {"torch": str(torch.__version__), "python": platform.python_version(),

@@ -149,7 +149,8 @@ def test_digits_table_says_which_rows_ran_with_other_thread_counts(experiments):
 
 def test_targets_judge_todays_recipe_first_and_name_an_earlier_one(experiments):
     """A target reads the recipe's default runs; an original without them is judged with the recipe of its time,
-    whose variant the line names (recon_only and baseline before bn_recalibration_end: inherited-bn)."""
+    whose variant the line names (recon_only and baseline before bn_recalibration_end: inherited-bn; before
+    bn_score_every_eval: sel-inherited-bn)."""
     from fashion_mnist_render import targets
 
     def run(correct: int, cr: float = 0.35) -> dict:
@@ -165,3 +166,9 @@ def test_targets_judge_todays_recipe_first_and_name_an_earlier_one(experiments):
     del groups[("shipped", "recon_only", 1.14, "h280")]
     text = "\n".join(targets(groups, {"shipped": 1.0}))
     assert "- recon_only (inherited-bn) at CR 1.14 ≥ original − 0.1 pt: **missed** (-10.00" in text
+    # the newest earlier recipe first (sel-inherited-bn: before session 20; inherited-bn: before 19)
+    groups[("shipped", "recon_only", 1.14, "h280-sel-inherited-bn")] = [run(98, 1.14)]
+    groups[("shipped", "baseline", 0.35, "sel-inherited-bn")] = [run(97)]
+    text = "\n".join(targets(groups, {"shipped": 1.0}))
+    assert "- recon_only (sel-inherited-bn) at CR 1.14 ≥ original − 0.1 pt: **missed** (-2.00" in text
+    assert "- decoupled > baseline (sel-inherited-bn), interval excluding 0: **missed** (+2.00" in text

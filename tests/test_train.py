@@ -336,8 +336,8 @@ def test_progressive_runs_and_reports_every_round(nets, tmp_path, monkeypatch):
 
 
 def _spy_recalibration(monkeypatch) -> tuple[list, dict]:
-    """Every network the recipes re-estimate BN statistics for, in order, and each phase's (evaluation network,
-    PhaseNets, validation accuracy) by stage, as the runs produce them."""
+    """Every network the recipes and phases re-estimate BN statistics for, in order, and each phase's
+    (evaluation network, PhaseNets, validation accuracy, the re-estimations made during it) by stage."""
     shells, measured = [], {}
     real_recal, real_run = recipes_mod.recalibrated, phase_mod.run_phase
 
@@ -346,18 +346,37 @@ def _spy_recalibration(monkeypatch) -> tuple[list, dict]:
         return shells[-1]
 
     def spy(ctx, nern, phase, nets_, eval_model, stage, *a, **k):
+        first = len(shells)
         res = real_run(ctx, nern, phase, nets_, eval_model, stage, *a, **k)
-        measured[stage] = (eval_model, nets_, res["val_acc"])
+        measured[stage] = (eval_model, nets_, res["val_acc"], shells[first:])
         return res
     monkeypatch.setattr(recipes_mod, "recalibrated", recal)
+    monkeypatch.setattr(phase_mod, "recalibrated", recal)
     monkeypatch.setattr(recipes_mod, "run_phase", spy)
     return shells, measured
 
 
+def _bn(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if "running" in k}
+
+
+def _assert_scored_with_own_statistics(stage: dict, measured: dict, batches: int) -> None:
+    """Every evaluation of ``stage`` re-estimated statistics for the weights it scored, and the kept step's
+    statistics are the ones its evaluation network ends with."""
+    eval_model, _, val_acc, recals = measured[stage["stage"]]
+    assert stage["own_bn"]["batches"] == batches and len(recals) == len(stage["history"])
+    kept = [h["step"] for h in stage["history"]].index(stage["best_step"])
+    for k, v in _bn(eval_model).items():
+        torch.testing.assert_close(v, _bn(recals[kept])[k], rtol=0, atol=0)
+    assert val_acc == stage["history"][kept]["val_acc"]
+
+
 def test_progressive_rounds_carry_their_own_statistics(nets, tmp_path, monkeypatch):
-    """progressive.bn_recalibration: each round is scored with BN statistics re-estimated for its network,
-    the next round reconstructs (and is evaluated in) that network, and the artefact keeps the kept round's."""
+    """progressive.bn_recalibration: each round is scored with BN statistics re-estimated for its network at every
+    evaluation, the next round reconstructs that network, and the artefact keeps the kept round's statistics."""
     from nernfast.checkpoints import read_checkpoint
+    from nernfast.data import get_dataset
+    from nernfast.eval import accuracy
     shells, measured = _spy_recalibration(monkeypatch)
     vals = iter([0.5, 0.6])  # round 2 improves: it is kept
 
@@ -370,21 +389,23 @@ def test_progressive_rounds_carry_their_own_statistics(nets, tmp_path, monkeypat
     monkeypatch.setattr(recipes_mod.RecipeRunner, "recalibrate_round", scored)
     res = train_cli.run(tiny_cfg("progressive", nets, tmp_path, ["progressive.bn_recalibration=3"]), progress=False)
     key = "layer3.2.bn2.running_mean"
-    orig = read_checkpoint(nets[0])["state_dict"][key]
-    assert len(shells) == 2 and not torch.equal(shells[0].state_dict()[key], orig)
+    orig = read_checkpoint(nets[0])["state_dict"]
     r1, r2 = res["stages"]
-    for s in (r1, r2):  # the phase's own figure (the inherited statistics) moved beside the re-estimated one
-        assert s["bn_recalibration"]["batches"] == 3
-        assert s["bn_recalibration"]["val_acc_before"] == measured[s["stage"]][2]
-        assert s["bn_recalibration"]["test_acc"] == s["test_acc"]
-    assert torch.equal(measured["round1-seed0"][0].state_dict()[key], orig)
-    round2_eval, round2_nets, _ = measured["round2-seed0"]
-    assert torch.equal(round2_eval.state_dict()[key], shells[0].state_dict()[key])
-    for t, w in zip(round2_nets.target.weights, round2_nets.target.plan.weights_of(shells[0])):
+    for s in (r1, r2):
+        _assert_scored_with_own_statistics(s, measured, 3)
+        assert s["bn_recalibration"]["batches"] == 3 and s["bn_recalibration"]["test_acc"] == s["test_acc"]
+    round1_eval = measured["round1-seed0"][0]
+    assert not torch.equal(round1_eval.state_dict()[key], orig[key])
+    # the figure before: round 1's kept network on the original's statistics
+    inherited = copy_frozen(round1_eval)
+    inherited.load_state_dict({**inherited.state_dict(), **{k: orig[k] for k in _bn(inherited)}})
+    assert r1["bn_recalibration"]["val_acc_before"] == accuracy(inherited, get_dataset("digits").loader("val", 512))[0]
+    round2_nets = measured["round2-seed0"][1]
+    for t, w in zip(round2_nets.target.weights, round2_nets.target.plan.weights_of(round1_eval)):
         torch.testing.assert_close(t, w, rtol=0, atol=0)  # round 2 reconstructs round 1's network
     assert r2.get("kept") and res["final"]["accuracy"] == r2["test_acc"]  # scored on its own statistics
     model = nernfast.load(tmp_path / "nern.safetensors")
-    torch.testing.assert_close(model.state_dict()[key], shells[1].state_dict()[key], rtol=0, atol=0)
+    torch.testing.assert_close(model.state_dict()[key], measured["round2-seed0"][0].state_dict()[key], rtol=0, atol=0)
 
 
 def test_progressive_recalibration_is_on_by_default_and_checked():
@@ -397,20 +418,50 @@ def test_progressive_recalibration_is_on_by_default_and_checked():
 
 @pytest.mark.parametrize("recipe", ["recon_only", "baseline", "decoupled"])
 def test_the_kept_network_ends_with_statistics_of_its_own(recipe, nets, tmp_path, monkeypatch):
-    """bn_recalibration_end: after the last phase the kept network's BN statistics are re-estimated for it; the run
-    is scored with them (the last phase's figures move to the record) and the artefact carries them."""
+    """bn_recalibration_end: the last phase scores every evaluation with BN statistics re-estimated for the network
+    scored, keeps the best so measured, and the run is scored and written with its statistics; the figures on
+    the statistics it would otherwise have kept (the original's; decoupled: phase 2's running ones) go to the
+    record."""
     from nernfast.checkpoints import read_checkpoint
+    from nernfast.data import get_dataset
+    from nernfast.eval import accuracy
     shells, measured = _spy_recalibration(monkeypatch)
     res = train_cli.run(tiny_cfg(recipe, nets, tmp_path, ["bn_recalibration_end=3"]), progress=False)
     last = res["stages"][-1]
+    _assert_scored_with_own_statistics(last, measured, 3)
     rec = last["bn_recalibration_end"]
-    assert rec["batches"] == 3 and rec["val_acc_before"] == measured[last["stage"]][2]
-    assert rec["val_acc"] == last["val_acc"] and rec["test_acc"] == last["test_acc"] == res["final"]["accuracy"]
+    assert rec["batches"] == 3 and rec["val_acc"] == last["val_acc"] == measured[last["stage"]][2]
+    assert rec["test_acc"] == last["test_acc"] == res["final"]["accuracy"]
     key = "layer3.2.bn2.running_mean"
-    end = shells[-1].state_dict()[key]  # the last re-estimation is the end's (decoupled's phase 2 has its own first)
-    assert not torch.equal(end, read_checkpoint(nets[0])["state_dict"][key])
+    orig = read_checkpoint(nets[0])["state_dict"]
+    kept = measured[last["stage"]][0]
+    assert not torch.equal(kept.state_dict()[key], orig[key])
     model = nernfast.load(tmp_path / "nern.safetensors")
-    torch.testing.assert_close(model.state_dict()[key], end, rtol=0, atol=0)
+    torch.testing.assert_close(model.state_dict()[key], kept.state_dict()[key], rtol=0, atol=0)
+    if recipe != "decoupled":  # one phase: the statistics it would have kept are the original's
+        model.load_state_dict({**model.state_dict(), **{k: orig[k] for k in _bn(model)}})
+        assert rec["val_acc_before"] == accuracy(model, get_dataset("digits").loader("val", 512))[0]
+        assert rec["test_acc_before"] == accuracy(model, get_dataset("digits").loader("test", 512))[0]
+
+
+@pytest.mark.parametrize("recipe", ["recon_only", "progressive"])
+def test_statistics_re_estimated_once_after_the_phase(recipe, nets, tmp_path, monkeypatch):
+    """bn_score_every_eval=false: the step is chosen on the statistics the network inherits, and its own are
+    re-estimated once, after the phase (per round for progressive)."""
+    shells, measured = _spy_recalibration(monkeypatch)
+    sets = ["bn_score_every_eval=false", "progressive.bn_recalibration=3"] + (
+        ["bn_recalibration_end=3"] if recipe == "recon_only" else [])
+    res = train_cli.run(tiny_cfg(recipe, nets, tmp_path, sets), progress=False)
+    record = "bn_recalibration" if recipe == "progressive" else "bn_recalibration_end"
+    assert len(shells) == len(res["stages"])  # one re-estimation per phase, none during it
+    for s in res["stages"]:
+        _, _, val_acc, recals = measured[s["stage"]]
+        assert not recals and "own_bn" not in s
+        assert s[record]["val_acc_before"] == val_acc and s[record]["val_acc"] == s["val_acc"]
+    key = "layer3.2.bn2.running_mean"
+    kept = next(i for i, s in enumerate(res["stages"]) if s.get("kept", recipe == "recon_only"))
+    torch.testing.assert_close(nernfast.load(tmp_path / "nern.safetensors").state_dict()[key],
+                               shells[kept].state_dict()[key], rtol=0, atol=0)
 
 
 def test_end_recalibration_defaults_and_checks(nets, tmp_path):
@@ -542,13 +593,15 @@ def test_recon_l2_selection_keeps_the_lowest_reconstruction_error(nets, tmp_path
     assert stage["recon_l2"] == pytest.approx(best["recon_l2"], rel=1e-5)
 
 
-def test_weight_average_keeps_the_raw_trajectory_and_the_average(nets, tmp_path):
+@pytest.mark.parametrize("end", [[], ["bn_recalibration_end=3"]], ids=["phase2-statistics", "own-statistics"])
+def test_weight_average_keeps_the_raw_trajectory_and_the_average(end, nets, tmp_path):
     """With phase2.ema_decay the steps are those of the phase without it (raw scores recorded beside the
-    average's), and the artefact holds the average at its best evaluation."""
+    average's), and the artefact holds the average at its best evaluation; scored with statistics of their own
+    (bn_recalibration_end), the raw weights are tested with theirs."""
     from nernfast.data import get_dataset
     from nernfast.eval import accuracy
-    plain = train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "plain"), progress=False)
-    avg = train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "avg", ["phase2.ema_decay=0.5"]), progress=False)
+    plain = train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "plain", end), progress=False)
+    avg = train_cli.run(tiny_cfg("decoupled", nets, tmp_path / "avg", ["phase2.ema_decay=0.5", *end]), progress=False)
     p2_plain, p2_avg = plain["stages"][-1], avg["stages"][-1]
     for h_plain, h_avg in zip(p2_plain["history"], p2_avg["history"], strict=True):
         assert h_avg["step"] == h_plain["step"]

@@ -11,20 +11,24 @@ trajectory, are those of the same phase without it. With ``bn_batch_stats`` the 
 as networks are trained, its BN layers normalising with each batch's statistics; their running statistics
 (updated by momentum, on the augmented batches) are what evaluations use, and the kept step's are kept
 with its predictor (``bn_buffers`` of the result); under DDP each process normalises with its own shard's
-statistics (no SyncBatchNorm) and rank 0's are the ones kept. The test split is never used here.
+statistics (no SyncBatchNorm) and rank 0's are the ones kept. With ``own_bn`` (a run whose kept network
+gets BN statistics re-estimated for it afterwards) a validation-scored phase scores every evaluation with
+statistics re-estimated for the weights being scored, on the same training batches each time: the step
+kept is the best network as it will be delivered, and its statistics go with it (``own_bn_buffers``).
+The test split is never used here.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
 from ..batching import sample_rows
-from ..bn_stats import load_buffers
+from ..bn_stats import load_buffers, recalibrated
 from ..config import PhaseConfig
 from ..losses import kd_loss
 from ..nern import NeRN
@@ -44,6 +48,14 @@ class PhaseDiverged(RuntimeError):
     def __init__(self, message: str, results: dict[str, Any] | None = None):
         super().__init__(message)
         self.results = results  # what the run wrote (results.json)
+
+
+@dataclass(frozen=True)
+class OwnStatistics:
+    """How a phase re-estimates BN statistics for each network it scores (nernfast.bn_stats.recalibrated)."""
+    batches: int
+    batch_size: int
+    seed: int                            # the same training batches at every evaluation
 
 
 def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -77,8 +89,12 @@ class _PhaseLoop:
     """The state of one running phase: optimiser, schedule, RNG, input stream, history, best."""
 
     def __init__(self, ctx: Context, nern: NeRN, phase: PhaseConfig, nets: PhaseNets, eval_model: nn.Module,
-                 stage: str, seed: int):
+                 stage: str, seed: int, own_bn: OwnStatistics | None = None):
         self.ctx, self.nern, self.phase, self.nets, self.eval_model, self.stage = ctx, nern, phase, nets, eval_model, stage
+        # Only a validation score reads the statistics; the other rules leave re-estimation to the run's end.
+        self.own_bn = own_bn if phase.select == "val_acc" else None
+        self.judged_bn: dict[str, torch.Tensor] | None = None  # the statistics the last judged weights were scored with
+        self.raw_judged_bn: dict[str, torch.Tensor] | None = None  # with a weight average: the raw weights' ones
         self.data_phase = phase.data != "none" and bool(phase.kd_weight or phase.fmd_weight)
         if phase.data == "none" and (phase.kd_weight or phase.fmd_weight):
             raise ValueError(f"phase {phase.name}: distillation weights need data ('dataset' or 'noise'), got data=none")
@@ -131,6 +147,7 @@ class _PhaseLoop:
             s, measured = self._judge(err)
             return s, {**info, **measured}, None
         raw_s, raw = self._judge(err)
+        self.raw_judged_bn = self.judged_bn
         with self.average.swapped():
             s, measured = self._judge(self.nets.target.error(self.nern.rows()))
         return s, {**info, **{f"raw_{k}": v for k, v in raw.items()}, **measured}, raw_s
@@ -160,12 +177,23 @@ class _PhaseLoop:
                 kd = float(kd_loss(self.eval_model(self.noise_val[0]), self.noise_val[1], phase.kd_loss))
             info["noise_kd"] = kd
             return (-kd,), info
+        if self.own_bn is not None:
+            self.judged_bn = self.own_statistics()
         acc, loss = evaluate_val(self.ctx, nern, self.eval_model)
         info.update(val_acc=acc, val_loss=loss)
         if phase.select == "recon_l2":  # validation still measured and reported, not used
             return (-err["l2"],), info
         # Ties in accuracy (a small validation set) go to the phase's own objective.
         return (acc, -err["l2"] if phase.data == "none" else -loss), info
+
+    def own_statistics(self) -> dict[str, torch.Tensor]:
+        """BN statistics re-estimated for the predictor's current network, loaded into the evaluation model."""
+        o = self.own_bn
+        net = recalibrated(self.nern, self.eval_model, self.ctx.bundle, o.batches, self.ctx.device, o.seed,
+                           o.batch_size)
+        buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
+        load_buffers(self.eval_model, buffers)
+        return buffers
 
     def start(self, resume: Snapshot | None) -> None:
         if resume is not None:
@@ -186,9 +214,10 @@ class _PhaseLoop:
             return
         s, info, raw_s = self.score()
         self.best = {"score": s, "step": 0, "predictor": self.kept_state(), "info": info,
-                     "bn_buffers": self.bn_buffers()}
+                     "bn_buffers": self.bn_buffers(), "own_bn": self.judged_bn}
         if raw_s is not None:
-            self.best_raw = {"score": raw_s, "step": 0, "predictor": _clone_state(self.nern.predictor), "info": info}
+            self.best_raw = {"score": raw_s, "step": 0, "predictor": _clone_state(self.nern.predictor), "info": info,
+                             "own_bn": self.raw_judged_bn}
         self.history.append({"stage": self.stage, "step": 0, **info})
         self.ctx.logger.log({"stage": self.stage, "step": 0, **info})
 
@@ -240,14 +269,15 @@ class _PhaseLoop:
         phase, step = self.phase, self.step
         s, info, raw_s = self.score()
         if raw_s is not None and raw_s > self.best_raw["score"]:
-            self.best_raw = {"score": raw_s, "step": step, "predictor": _clone_state(self.nern.predictor), "info": info}
+            self.best_raw = {"score": raw_s, "step": step, "predictor": _clone_state(self.nern.predictor), "info": info,
+                             "own_bn": self.raw_judged_bn}
         rec = {"stage": self.stage, "step": step, "wall_s": round(self.elapsed(), 2), "lr": self.sched.get_last_lr()[0],
                **parts, **info}
         self.history.append(rec)
         self.ctx.logger.log(rec)
         if s > self.best["score"] or phase.select == "last":
             self.best = {"score": s, "step": step, "predictor": self.kept_state(), "info": info,
-                         "bn_buffers": self.bn_buffers()}
+                         "bn_buffers": self.bn_buffers(), "own_bn": self.judged_bn}
         elif phase.patience and (step - self.best["step"]) >= phase.patience * phase.eval_every:
             self.ctx.logger.info(f"{self.stage}: no improvement for {phase.patience} evaluations, stopping at step {step}")
             return True
@@ -290,17 +320,21 @@ class _PhaseLoop:
 
 
 def run_phase(ctx: Context, nern: NeRN, phase: PhaseConfig, nets: PhaseNets, eval_model: nn.Module, stage: str,
-              seed: int, resume: Snapshot | None = None, save: Callable[[Snapshot], None] | None = None) -> dict[str, Any]:
+              seed: int, resume: Snapshot | None = None, save: Callable[[Snapshot], None] | None = None,
+              own_bn: OwnStatistics | None = None) -> dict[str, Any]:
     """Train ``nern`` in place; returns the phase's result (the kept predictor is loaded into ``nern``).
 
-    ``eval_model`` is the frozen network the predictor is materialised into for validation;
-    ``resume`` a snapshot written by ``save`` (every ``checkpoint_every`` steps) to continue from."""
-    loop = _PhaseLoop(ctx, nern, phase, nets, eval_model, stage, seed)
+    ``eval_model`` is the frozen network the predictor is materialised into for validation (left holding the
+    kept step's statistics); ``resume`` a snapshot written by ``save`` (every ``checkpoint_every`` steps) to
+    continue from; ``own_bn`` scores validation with statistics re-estimated for each network (module doc)."""
+    loop = _PhaseLoop(ctx, nern, phase, nets, eval_model, stage, seed, own_bn)
     loop.start(resume)
     diverged = loop.train(save)  # reported by the recipe, which stops there (PhaseDiverged)
     nern.predictor.load_state_dict(loop.best["predictor"])
     if loop.best.get("bn_buffers") is not None:  # the kept step's statistics go with its predictor
         load_buffers(eval_model, loop.best["bn_buffers"])
+    if loop.best.get("own_bn") is not None:  # ... and those it was scored with, which the run delivers
+        load_buffers(eval_model, loop.best["own_bn"])
     with torch.no_grad():
         err = nets.target.error(nern.rows())
     best = loop.best
@@ -310,8 +344,13 @@ def run_phase(ctx: Context, nern: NeRN, phase: PhaseConfig, nets: PhaseNets, eva
               "recon_l2": err["l2"], "recon_mse": err["mse"], "diverged": diverged, "history": loop.history}
     if loop.best.get("bn_buffers") is not None:
         result["bn_buffers"] = loop.best["bn_buffers"]
+    if loop.own_bn is not None:
+        result["own_bn"] = {"batches": loop.own_bn.batches, "seed": loop.own_bn.seed}
+        result["own_bn_buffers"] = loop.best["own_bn"]
     if loop.best_raw is not None:  # what the same phase without the average keeps (its steps are the same)
         raw = loop.best_raw
         result["raw_best"] = {"step": raw["step"], "score": raw["score"], "predictor": raw["predictor"],
                               **{k[4:]: v for k, v in raw["info"].items() if k.startswith("raw_")}}
+        if raw.get("own_bn") is not None:
+            result["raw_best"]["own_bn_buffers"] = raw["own_bn"]
     return result

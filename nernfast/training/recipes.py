@@ -10,7 +10,10 @@ teacher_decoupled  phase1 reconstruction, then phase2 distillation from a strong
 noise_decoupled    phase1 reconstruction, then phase2 distillation on U(low, high) noise, no data
 
 With ``bn_recalibration_end`` (recon_only's and baseline's default) the kept network's BN statistics
-are re-estimated for it after the last phase; progressive does so after every round instead.
+are re-estimated for it after the last phase; progressive does so after every round instead. A phase
+that selects by validation accuracy is then scored with such statistics at every evaluation
+(nernfast.training.phase, ``OwnStatistics``; ``bn_score_every_eval``): the kept step is the best delivered
+network, not the best one with statistics it will not keep.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from ..models import copy_frozen
 from ..nern import NeRN
 from .context import Context
 from .objectives import PhaseNets, ReconTarget
-from .phase import evaluate_val, run_phase
+from .phase import OwnStatistics, evaluate_val, run_phase
 from .shared import load_shared, phase1_key, store_shared
 from .state import RunState
 
@@ -74,11 +77,13 @@ class RecipeRunner:
         return self.ctx.original
 
     def phase(self, nern: NeRN, target_model: nn.Module, phase: PhaseConfig, stage: str, seed: int,
-              share_key: str | None = None, shell: nn.Module | None = None) -> dict[str, Any]:
+              share_key: str | None = None, shell: nn.Module | None = None,
+              own_bn: OwnStatistics | None = None) -> dict[str, Any]:
         """Run (or restore) one phase on ``nern``; the kept predictor ends up in ``nern``. With
         ``share_key``, an identical earlier run's result is reused (nernfast.training.shared).
         ``shell`` supplies the rebuilt network's BN/FC/unpredicted layers (default: ``target_model``,
-        which stays the reconstruction and feature-map target either way)."""
+        which stays the reconstruction and feature-map target either way); ``own_bn``: the phase
+        scores its networks with statistics re-estimated for them (``rescored`` then keeps those)."""
         if share_key is not None and stage not in self.state.data["done"]:
             shared = load_shared(share_key)
             if shared is not None:
@@ -92,14 +97,17 @@ class RecipeRunner:
         eval_model = copy_frozen(shell)
 
         def run(resume: dict | None, save: Any) -> dict[str, Any]:
-            res = run_phase(self.ctx, nern, phase, nets, eval_model, stage, seed, resume, save)
+            res = run_phase(self.ctx, nern, phase, nets, eval_model, stage, seed, resume, save, own_bn)
             # Reported, never selected on: the kept predictor is fixed before the test set is read.
             res["test_acc"], res["test_loss"] = evaluate_val(self.ctx, nern, eval_model, "test")
             res["predictor"] = {k: v.detach().clone() for k, v in nern.predictor.state_dict().items()}
             if "raw_best" in res:  # the phase kept a weight average: the raw weights it would keep otherwise, beside it
                 raw = res["raw_best"]
                 nern.predictor.load_state_dict(raw.pop("predictor"))
-                raw["test_acc"], raw["test_loss"] = evaluate_val(self.ctx, nern, eval_model, "test")
+                raw_model = eval_model
+                if "own_bn_buffers" in raw:  # scored with statistics of their own: tested with them
+                    raw_model = load_buffers(copy_frozen(eval_model), raw.pop("own_bn_buffers"))
+                raw["test_acc"], raw["test_loss"] = evaluate_val(self.ctx, nern, raw_model, "test")
                 nern.predictor.load_state_dict(res["predictor"])
             return res
 
@@ -120,12 +128,15 @@ class RecipeRunner:
         # Recipes with a phase after the first start from the same reconstruction: share it.
         share = phase1_key(self.ctx) if len(keys) > 1 and cfg.share_phase1 and self.ctx.world == 1 else None
         shell = orig
+        end_seed = cfg.seed + len(keys)  # the end's re-estimation draws its batches from here
         for i, key in enumerate(keys):  # phase i draws its batches from seed + i
             p = getattr(cfg, key)
             stage = f"{key}-{p.name}"
             if p.bn_recalibration:
                 shell = self.recalibrate(nern, shell, p.bn_recalibration, p.batch_size, stage, cfg.seed + i)
-            res = self.phase(nern, orig, p, stage, cfg.seed + i, share if i == 0 else None, shell)
+            own = (OwnStatistics(cfg.bn_recalibration_end, p.batch_size, end_seed)
+                   if cfg.bn_recalibration_end and cfg.bn_score_every_eval and i == len(keys) - 1 else None)
+            res = self.phase(nern, orig, p, stage, cfg.seed + i, share if i == 0 else None, shell, own)
             if "bn_buffers" in res:  # the phase moved the BN statistics (bn_batch_stats): its kept step's
                 shell = load_buffers(copy_frozen(shell), res["bn_buffers"])
             if p.bn_recalibration:  # the phase's step-0 evaluation measured the re-estimated network
@@ -135,7 +146,7 @@ class RecipeRunner:
                 return RecipeResult(nern, shell, self.stages, res["diverged"])
         if cfg.bn_recalibration_end:  # the kept network scored, and written, with statistics measured on it
             shell = self.rescored(nern, shell, self.stages[-1], cfg.bn_recalibration_end, p.batch_size,  # last phase's
-                                  cfg.seed + len(keys), "bn_recalibration_end")
+                                  end_seed, "bn_recalibration_end")
         return RecipeResult(nern, shell, self.stages)
 
     def recalibrate(self, nern: NeRN, shell: nn.Module, batches: int, batch_size: int, stage: str,
@@ -147,11 +158,21 @@ class RecipeRunner:
 
     def rescored(self, nern: NeRN, base: nn.Module, res: dict[str, Any], batches: int, batch_size: int, seed: int,
                  record: str) -> nn.Module:
-        """``base`` with BN statistics re-estimated for ``nern``'s network; ``res``'s val/test figures become that
-        network's, and the ones measured with ``base``'s statistics move to ``res[record]`` (``*_before``)."""
-        shell = self.recalibrate(nern, base, batches, batch_size, res["stage"], seed)
+        """``base`` with BN statistics re-estimated for ``nern``'s network (those the phase scored it with, if it
+        did); ``res``'s val/test figures become that network's, and the ones measured with ``base``'s
+        statistics go to ``res[record]`` (``*_before``)."""
+        own = res.get("own_bn_buffers")
         if record not in res:  # else a resumed run: the figures are already the re-estimated ones
-            res[record] = {"batches": batches, "val_acc_before": res["val_acc"], "test_acc_before": res["test_acc"]}
+            if own is None:
+                before = res["val_acc"], res["test_acc"]
+            else:  # the phase's figures are already its own statistics': measure the inherited ones
+                inherited = copy_frozen(base)
+                before = tuple(evaluate_val(self.ctx, nern, inherited, split)[0] for split in ("val", "test"))
+            res[record] = {"batches": batches, "val_acc_before": before[0], "test_acc_before": before[1]}
+        if own is None:
+            shell = self.recalibrate(nern, base, batches, batch_size, res["stage"], seed)
+        else:
+            shell = load_buffers(nern.materialize_(copy_frozen(base)), own)
         res["val_acc"], res["val_loss"] = evaluate_val(self.ctx, nern, shell, "val")
         res["test_acc"], res["test_loss"] = evaluate_val(self.ctx, nern, shell, "test")
         rec = res[record]
@@ -179,7 +200,9 @@ class RecipeRunner:
             for s in range(cfg.progressive.seeds):
                 seed = cfg.seed + 1000 * r + s
                 nern = new_nern(cfg, target, seed, cfg.init_from if r == 1 else None)
-                res = self.phase(nern, target, cfg.phase1, f"round{r}-seed{s}", seed)
+                own = (OwnStatistics(cfg.progressive.bn_recalibration, cfg.phase1.batch_size, seed)
+                       if cfg.progressive.bn_recalibration and cfg.bn_score_every_eval else None)
+                res = self.phase(nern, target, cfg.phase1, f"round{r}-seed{s}", seed, own_bn=own)
                 res["round"], res["seed"] = r, seed
                 if res["diverged"]:  # keep the last kept round, else this seed's best so far
                     return dataclasses.replace(kept or RecipeResult(nern, target, self.stages), diverged=res["diverged"])
