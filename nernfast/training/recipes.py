@@ -171,10 +171,10 @@ class RecipeRunner:
             res[record] = {"batches": batches, "val_acc_before": before[0], "test_acc_before": before[1]}
         if own is None:
             shell = self.recalibrate(nern, base, batches, batch_size, res["stage"], seed)
-        else:
+            res["val_acc"], res["val_loss"] = evaluate_val(self.ctx, nern, shell, "val")
+            res["test_acc"], res["test_loss"] = evaluate_val(self.ctx, nern, shell, "test")
+        else:  # the phase measured val and test on these statistics already
             shell = load_buffers(nern.materialize_(copy_frozen(base)), own)
-        res["val_acc"], res["val_loss"] = evaluate_val(self.ctx, nern, shell, "val")
-        res["test_acc"], res["test_loss"] = evaluate_val(self.ctx, nern, shell, "test")
         rec = res[record]
         rec["val_acc"], rec["test_acc"] = res["val_acc"], res["test_acc"]  # as phase 2's record: after, and before
         self.ctx.logger.info(f"{res['stage']}: with BN statistics of its own val {res['val_acc']:.4f} "
