@@ -1,4 +1,5 @@
-"""The result pages render from the committed raw results alone (experiments/, run outside CI)."""
+"""experiments/ (run outside CI): the result pages render from the committed raw results alone, and every raw
+result is what its plan entry runs today."""
 from __future__ import annotations
 
 import json
@@ -34,6 +35,40 @@ def test_fashion_mnist_page_states_every_target_with_its_figure(experiments, tmp
     comparisons = [ln for ln in targets if not ln.startswith("- progressive")]  # progressive lists its rounds
     assert comparisons and all("[" in ln and "]" in ln for ln in comparisons)
     assert (tmp_path / "plots" / "val_acc_vs_wall.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(not RAW.is_dir(), reason="no committed Fashion-MNIST raw results")
+def test_every_raw_result_is_its_plan_entry_as_it_runs_today(experiments):
+    """A raw file's recorded command is the one its plan entry runs (the output directory and the paths' folders
+    aside: machines differ), so a row's variant says what ran; a default changed since must rename the earlier
+    runs and spell out their settings."""
+    import fashion_mnist
+
+    def portable(command: str) -> list[str]:
+        args = command.split()
+        del args[args.index("--out"):args.index("--out") + 2]
+        return [Path(a).name if a.startswith("/") else a for a in args]
+    plan = {r.name: r for r in fashion_mnist.plan()}
+    for path in sorted(RAW.glob("*.json")):
+        run = json.loads(path.read_text())["run"]
+        entry = plan.get(path.stem)
+        assert entry is not None, f"{path.name} has no plan entry"
+        assert (run["name"], run["recipe"], run["seed"], run["original"]) == \
+            (entry.name, entry.recipe, entry.seed, entry.original), path.name
+        assert portable(run["command"]) == portable("python -m nernfast.train " + " ".join(entry.args())), path.name
+        variant = run["group"].removeprefix(f"{run['original']}-").removeprefix(run["recipe"]).strip("-")
+        assert variant or not entry.extra, f"{path.name}: a default row whose command sets {entry.extra}"
+
+
+def test_runs_on_an_original_this_machine_cannot_make_are_not_repeated(experiments):
+    from fashion_mnist import Run, unrepeatable
+    amd, intel = "AMD EPYC 7B13", "Intel(R) Xeon(R) Processor"
+    assert "not kept" in unrepeatable(Run("x-s0", "decoupled", original="pretrain"), amd)
+    assert unrepeatable(Run("x-s0", "decoupled", original="plain"), amd) == \
+        f"the plain original was made on an Intel CPU and this one is {amd}"
+    assert unrepeatable(Run("x-s0", "decoupled", original="plain"), intel) is None
+    assert unrepeatable(Run("x-s0", "decoupled", original="plain-epyc"), amd) is None
+    assert unrepeatable(Run("x-s0", "decoupled"), intel) is None  # the shipped original: every machine's
 
 
 def test_digits_table_replaces_only_the_marked_block(experiments, tmp_path, monkeypatch):
@@ -98,6 +133,31 @@ def test_progressive_rounds_show_the_re_estimated_and_inherited_figures(experime
                      "94.00, 93.70, 93.00; test 93.30, 93.20, 92.70)",
                      "- progressive (bnrecal): ≥ 3 rounds run and none below round 1: **met** (rounds' best val "
                      "94.00, 94.10, 94.05; test 93.40, 93.50, 93.00)"]
+
+
+def test_progressive_with_several_seeds_is_judged_per_seed_and_on_the_seed_mean(experiments):
+    """One seed's round 2 a few images below its round 1 misses for that seed; the row's verdict on the seed
+    means of each round still shows whether the rounds fall."""
+    from fashion_mnist_render import targets
+
+    def chain(seed, vals, tests):
+        return {"run": {"seed": seed}, "final": {"accuracy": tests[0]},
+                "stages": [{"stage": f"round{i + 1}-seed0", "round": i + 1, "best_of_round": True, "val_acc": v,
+                            "test_acc": t} for i, (v, t) in enumerate(zip(vals, tests))]}
+    runs = [chain(0, (0.9400, 0.9395, 0.9410), (0.930, 0.931, 0.932)),
+            chain(1, (0.9380, 0.9400, 0.9400), (0.928, 0.930, 0.931))]
+    lines = [ln for ln in targets({("shipped", "progressive", 1.14, ""): runs}, {"shipped": 0.93})
+             if ln.startswith("- progressive")]
+    assert lines == ["- progressive, seed 0: ≥ 3 rounds run and none below round 1: **missed** (rounds' best val "
+                     "94.00, 93.95, 94.10; test 93.00, 93.10, 93.20)",
+                     "- progressive, seed 1: ≥ 3 rounds run and none below round 1: **met** (rounds' best val "
+                     "93.80, 94.00, 94.00; test 92.80, 93.00, 93.10)",
+                     "- progressive, mean of 2 seeds: ≥ 3 rounds run and none below round 1: **met** (rounds' best "
+                     "val 93.90, 93.97, 94.05; test 92.90, 93.05, 93.15)"]
+    runs[1]["stages"][2]["val_acc"] = 0.9300  # the mean of round 3 falls below round 1's
+    lines = [ln for ln in targets({("shipped", "progressive", 1.14, ""): runs}, {"shipped": 0.93})
+             if ln.startswith("- progressive, mean")]
+    assert lines[0].startswith("- progressive, mean of 2 seeds: ≥ 3 rounds run and none below round 1: **missed**")
 
 
 def test_an_original_without_todays_decoupled_is_judged_with_its_fixed_bn_runs(experiments):
