@@ -106,3 +106,56 @@ def test_original_and_flip_teachers():
     assert t is net and src == "the original"
     with pytest.raises(ValueError, match="mirror image"):
         build_teacher(parse_teacher("original+flip"), net, "digits", no_load, no_load)
+
+
+def test_ensemble_reuses_the_logits_it_is_given_for_one_member():
+    torch.manual_seed(0)
+    members = [build_model("resnet20", 10, 1).eval() for _ in range(2)]
+    calls = []
+    members[0].register_forward_hook(lambda m, i, o: calls.append(i[0]))
+    x = torch.randn(5, 1, 8, 8)
+    ens = Ensemble(members, flip=True).eval()
+    with torch.no_grad():
+        want = ens(x)
+        calls.clear()
+        got = ens(x, known=(members[0], members[0](x)))
+    assert torch.equal(got, want)
+    assert len(calls) == 2 and calls[1] is not x  # the caller's pass, then only the mirror view
+    with torch.no_grad():  # logits given for a network that is not a member change nothing
+        assert torch.equal(ens(x, known=(build_model("resnet20", 10, 1).eval(), torch.zeros(5, 10))), want)
+
+
+def test_phase_two_runs_the_original_once_less_when_the_teacher_is_its_mirror_ensemble():
+    """The default Fashion-MNIST teacher is the original with its mirror images: the feature-map pass already
+    ran the original on the batch, so the teacher reuses those logits. Same loss and gradients as a teacher
+    holding a separate copy of the original."""
+    import copy
+
+    from nernfast.config import PhaseConfig
+    from nernfast.models import copy_frozen
+    from nernfast.nern import NeRN
+    from nernfast.training.objectives import PhaseNets, ReconTarget, data_loss
+    torch.manual_seed(0)
+    original = copy_frozen(build_model("resnet20", 10, 1))
+    nern = NeRN.from_model(original, hidden=16)
+    x = torch.randn(4, 1, 8, 8)
+    idx = torch.randperm(nern.plan.num_rows)[:100]
+    phase = PhaseConfig(recon_loss="l2", recon_weight=0.1, fmd_weight=0.1, kd_weight=1.0, kd_loss="kl",
+                        temperature=1.0)
+    target = ReconTarget(nern.plan, nern.plan.weights_of(original), "cpu")
+    calls = []
+    original.register_forward_hook(lambda m, i, o: calls.append(m))  # copies of it carry the hook too
+    results = []
+    for teacher in (Ensemble([copy.deepcopy(original)], flip=True), Ensemble([original], flip=True)):
+        ours = copy.deepcopy(nern)
+        calls.clear()
+        loss, parts = data_loss(ours, phase, PhaseNets(target, copy_frozen(original), teacher, features=original),
+                                idx, x)
+        loss.backward()
+        runs = sum(m is original for m in calls)
+        results.append((parts, {k: p.grad for k, p in ours.predictor.named_parameters()}, runs))
+    (parts_copy, grads_copy, calls_copy), (parts_shared, grads_shared, calls_shared) = results
+    assert (calls_copy, calls_shared) == (1, 2)  # features only / features + the mirror view
+    assert parts_shared == parts_copy and parts_shared["kd"] > 0
+    for k in grads_copy:
+        assert torch.equal(grads_shared[k], grads_copy[k]), k

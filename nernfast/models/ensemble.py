@@ -22,7 +22,13 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.flip = flip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, known: tuple[nn.Module, torch.Tensor] | None = None) -> torch.Tensor:
+        """``known``: (a member, its logits on ``x``) that the caller computed already -- e.g. the original's
+        forward for feature-map distillation when the teacher is the original with its mirror images -- so that
+        member is not run on ``x`` again."""
         views = (x, x.flip(-1)) if self.flip else (x,)
-        logp = torch.stack([m(v).float().log_softmax(1) for m in self.members for v in views])
+
+        def logits(m: nn.Module, v: torch.Tensor) -> torch.Tensor:
+            return known[1] if known is not None and m is known[0] and v is x else m(v)
+        logp = torch.stack([logits(m, v).float().log_softmax(1) for m in self.members for v in views])
         return torch.logsumexp(logp, 0) - math.log(len(logp))

@@ -24,7 +24,7 @@ from torch.func import functional_call
 
 from ..config import PhaseConfig
 from ..losses import feature_map_loss, kd_loss, reconstruction_loss
-from ..models import collect_features
+from ..models import Ensemble, collect_features
 from ..nern import NeRN
 from ..ops.scatter import flat_to_rows_reference, flat_views
 from ..plan import WeightPlan
@@ -91,6 +91,15 @@ class PhaseNets:
     features: nn.Module | None = None
 
 
+def _teacher_logits(teacher: nn.Module, x: torch.Tensor, features: nn.Module, features_logits: torch.Tensor
+                    ) -> torch.Tensor:
+    """The teacher's logits on ``x``; an ensemble that holds the feature-map network (the default Fashion-MNIST
+    teacher: the original with its mirror images) reuses that network's logits instead of running it again."""
+    if isinstance(teacher, Ensemble) and any(m is features for m in teacher.members):
+        return teacher(x, known=(features, features_logits))
+    return teacher(x)
+
+
 def data_loss(nern: NeRN, phase: PhaseConfig, nets: PhaseNets, idx: torch.Tensor | None, x: torch.Tensor,
               autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Joint NeRN objective on an image batch, weighted by the phase:
@@ -122,7 +131,7 @@ def data_loss(nern: NeRN, phase: PhaseConfig, nets: PhaseNets, idx: torch.Tensor
                 t_logits = source(x)
             if source is not distill and phase.kd_weight:
                 with torch.no_grad():
-                    t_logits = distill(x)
+                    t_logits = _teacher_logits(distill, x, source, t_logits)
             fmd = feature_map_loss(fs, ft)  # computed in fp32
             loss = loss + phase.fmd_weight * fmd
             parts["fmd"] = float(fmd.detach())
