@@ -252,9 +252,10 @@ def plan() -> list[Run]:
     # session-19 runs and the progressive ones with per-round re-estimation chose theirs on the inherited ones
     own_bn = [r for r in end_bn if r.name != "shipped-recon_only-l2sel-s0"]
     own_bn += [Run(f"{o}-progressive-s0", "progressive", original=o) for o in ("shipped", "plain-adamw")]
-    # session 21: two more seeds of the shipped progressive chain, whose rounds 2-3 fell short of round 1 on
-    # validation by 5 and 3 of 6 000 images with seed 0: is that the recipe or one seed's noise?
-    own_bn += [Run(f"shipped-progressive-s{s}", "progressive", s) for s in (1, 2)]
+    # session 21: two more seeds of each progressive chain (the shipped one's rounds 2-3 fell short of round 1 on
+    # validation by 5 and 3 of 6 000 images with seed 0): is that the recipe or one seed's noise?
+    own_bn += [Run(f"{o}-progressive-s{s}", "progressive", s, original=o) for o in ("shipped", "plain-adamw")
+               for s in (1, 2)]
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
                   "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
