@@ -258,6 +258,8 @@ def plan() -> list[Run]:
                for s in (1, 2)]
     # and a second seed of the shipped baseline and recon_only, whose order (-0.19 pt) is inside one seed's interval
     own_bn += [Run(f"shipped-{r}-s1", r, 1) for r in ("baseline", "recon_only")]
+    # session 22: a third seed of each (two seeds put baseline - recon_only at -0.06 pt, t-interval [-1.71, +1.59])
+    own_bn += [Run(f"shipped-{r}-s2", r, 2) for r in ("baseline", "recon_only")]
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
                   "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
