@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from run_bench import numerics_and_load
     from nernfast import numerics
+    from nernfast.batching import sample_rows
     from nernfast.config import resolve
     from nernfast.models import Ensemble, build_model, copy_frozen
     from nernfast.nern import NeRN
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(phase.batch_size, 1, 28, 28).contiguous(memory_format=fmt)
     nern0 = NeRN.from_model(original, hidden=cfg.nern.hidden)
     target = ReconTarget(nern0.plan, nern0.plan.weights_of(original), "cpu")
-    rows = [torch.randperm(nern0.plan.num_rows)[:phase.weights_batch_size] for _ in range(a.rounds + a.warmup)]
+    gen = torch.Generator().manual_seed(0)  # the trainer's draw of the rows carrying gradient (phase.py)
+    rows = [sample_rows(phase.weights_batch_method, nern0.plan.num_rows, phase.weights_batch_size, gen, target.norms)
+            for _ in range(a.rounds + a.warmup)]
 
     def variant(teacher_net):
         nern = copy.deepcopy(nern0)
