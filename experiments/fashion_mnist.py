@@ -260,12 +260,19 @@ def plan() -> list[Run]:
     own_bn += [Run(f"shipped-{r}-s1", r, 1) for r in ("baseline", "recon_only")]
     # session 22: a third seed of each (two seeds put baseline - recon_only at -0.06 pt, t-interval [-1.71, +1.59])
     own_bn += [Run(f"shipped-{r}-s2", r, 2) for r in ("baseline", "recon_only")]
+    # the predictor's shape at the same size (experiments/predictor_shape.py): 16 encoding levels (not 40, most of
+    # whose features are nearly affine in a coordinate below 64) and hidden 160 fit phase 1 to L2 0.0131 (0.0163)
+    shape = ("nern.levels=16",)
+    runs += [Run(f"shipped-teacher_decoupled-l16-h160-s{s}", "teacher_decoupled", s, hidden=160, extra=shape)
+             for s in range(3)]
+    runs += [Run("shipped-decoupled-l16-h160-s0", "decoupled", hidden=160, extra=shape)]
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
                   "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
                | {f"plain-adamw-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"plain-adamw-3ep-decoupled-s0"}
-               | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200", "h200-ens2") for s in range(3)})
+               | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200", "h200-ens2", "l16-h160") for s in range(3)}
+               | {"shipped-decoupled-l16-h160-s0"})
     runs = _earlier() + [r if r.recipe not in ("decoupled", "teacher_decoupled") or r.name in current
                          else _fixed_bn(r) for r in runs]
     runs = [_inherited_bn(r) if r.recipe in ("baseline", "recon_only") else r for r in runs] + end_bn

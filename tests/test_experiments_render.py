@@ -17,7 +17,8 @@ RAW = ROOT / "docs" / "fashion-mnist" / "raw"
 def experiments(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "experiments"))
     yield
-    for name in ("fashion_mnist_render", "digits_table", "fashion_mnist", "plain_original", "original_spectrum"):
+    for name in ("fashion_mnist_render", "digits_table", "fashion_mnist", "plain_original", "original_spectrum",
+                 "predictor_shape"):
         sys.modules.pop(name, None)
 
 
@@ -232,3 +233,25 @@ def test_targets_judge_todays_recipe_first_and_name_an_earlier_one(experiments):
     text = "\n".join(targets(groups, {"shipped": 1.0}))
     assert "- recon_only (sel-inherited-bn) at CR 1.14 ≥ original − 0.1 pt: **missed** (-2.00" in text
     assert "- decoupled > baseline (sel-inherited-bn), interval excluding 0: **missed** (+2.00" in text
+
+
+def test_predictor_shapes_spend_the_default_predictors_budget(experiments):
+    """experiments/predictor_shape.py compares shapes at equal size: each within 1 % of the default's parameters,
+    and each command trains what it names (the shape's overrides, decoupled's phase-1 length)."""
+    from predictor_shape import PHASE1_STEPS, SHAPES
+    from nernfast.config import resolve
+    from nernfast.encoding import BasicEncoding
+    from nernfast.predictor import Predictor
+    cfg = resolve("decoupled", "fashion_mnist.yaml")
+    assert PHASE1_STEPS == cfg.phase1.steps
+
+    def size(hidden: int, levels: int, blocks: int) -> int:
+        return Predictor(BasicEncoding(levels).out_features, hidden, 3, blocks).num_parameters()
+    default = size(cfg.nern.hidden, cfg.nern.levels, cfg.nern.num_blocks)
+    assert any((s.hidden, s.levels, s.num_blocks) == (cfg.nern.hidden, cfg.nern.levels, cfg.nern.num_blocks)
+               for s in SHAPES)
+    for s in SHAPES:
+        assert abs(size(s.hidden, s.levels, s.num_blocks) / default - 1) <= 0.01, s
+        args = " ".join(s.args())
+        assert f"--hidden {s.hidden}" in args and f"nern.levels={s.levels}" in args
+        assert f"nern.num_blocks={s.num_blocks}" in args and f"phase1.steps={PHASE1_STEPS}" in args
