@@ -265,14 +265,14 @@ def plan() -> list[Run]:
     shape = ("nern.levels=16",)
     runs += [Run(f"shipped-teacher_decoupled-l16-h160-s{s}", "teacher_decoupled", s, hidden=160, extra=shape)
              for s in range(3)]
-    runs += [Run("shipped-decoupled-l16-h160-s0", "decoupled", hidden=160, extra=shape)]
+    runs += [Run(f"shipped-decoupled-l16-h160-s{s}", "decoupled", s, hidden=160, extra=shape) for s in range(3)]
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
                   "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
                | {f"plain-adamw-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"plain-adamw-3ep-decoupled-s0"}
                | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200", "h200-ens2", "l16-h160") for s in range(3)}
-               | {"shipped-decoupled-l16-h160-s0"})
+               | {f"shipped-decoupled-l16-h160-s{s}" for s in range(3)})
     runs = _earlier() + [r if r.recipe not in ("decoupled", "teacher_decoupled") or r.name in current
                          else _fixed_bn(r) for r in runs]
     runs = [_inherited_bn(r) if r.recipe in ("baseline", "recon_only") else r for r in runs] + end_bn
