@@ -227,6 +227,11 @@ def targets(groups, orig_acc) -> list[str]:
                    _find(groups, o, "teacher_decoupled", variant="ens2"), ORIGINAL, lambda m, lo: m >= 0),
                   ("teacher_decoupled with phase 2's weight average (phase2.ema_decay) ≥ original",
                    _find(groups, o, "teacher_decoupled", variant="ema"), ORIGINAL, lambda m, lo: m >= 0),
+                  # the predictor of the same size with 16 encoding levels and hidden 160 (experiments/predictor_shape.py)
+                  ("teacher_decoupled with the 16-level predictor (hidden 160) ≥ original",
+                   _find(groups, o, "teacher_decoupled", variant="l16-h160"), ORIGINAL, lambda m, lo: m >= 0),
+                  ("decoupled with the 16-level predictor (hidden 160) at CR 0.35 ≥ original − 0.5 pt",
+                   _find(groups, o, "decoupled", variant="l16-h160"), ORIGINAL, lambda m, lo: m >= -0.005),
                   (f"noise_decoupled − {dec_name} (reported)", noise, dec, None)]
         if big:
             checks.append((f"{big_name} at CR {big[0]['sizes']['compression_ratio']:.2f} ≥ original − 0.1 pt", big,

@@ -79,8 +79,8 @@ def train(shape: Shape, core: int) -> None:
 
 
 def table() -> str:
-    rows = ["| shape | hidden | levels | linears | predictor parameters | CR | phase-1 L2 (kept step) | val % (BN re-est.) "
-            "| test % | wall, min |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| shape | hidden | levels | linears | predictor parameters | CR | L2 at the last step | kept step: L2, val % "
+            "(BN re-est.) | test % | wall, min |", "|---|---|---|---|---|---|---|---|---|---|"]
     for shape in SHAPES:
         f = RAW / f"{shape.name}.json"
         if not f.exists():
@@ -89,7 +89,7 @@ def table() -> str:
         s = r["stages"][0]
         rows.append(f"| {shape.name} | {shape.hidden} | {shape.levels} | {shape.num_blocks} | "
                     f"{r['sizes']['predictor_params']:,} | {r['sizes']['compression_ratio']:.3f} | "
-                    f"{s['recon_l2']:.5f} ({s['best_step']}) | {100 * s['val_acc']:.2f} | "
+                    f"{s['history'][-1]['recon_l2']:.5f} | {s['best_step']}: {s['recon_l2']:.5f}, {100 * s['val_acc']:.2f} | "
                     f"{100 * r['final']['accuracy']:.2f} | {r['wall_seconds'] / 60:.1f} |")
     return "\n".join(rows)
 
