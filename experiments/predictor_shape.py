@@ -21,16 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from nernfast.checkpoints import write_text_atomic
+from nernfast.config import resolve
+
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "docs" / "predictor-shape" / "raw"
 RUNS = ROOT / "runs" / "predictor-shape"
-PHASE1_STEPS = 20000  # decoupled's phase 1 in nernfast/configs/fashion_mnist.yaml
+PHASE1_STEPS = resolve("decoupled", "fashion_mnist.yaml").phase1.steps  # decoupled's phase 1 as shipped
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ def train(shape: Shape, core: int) -> None:
         return
     out = RUNS / shape.name
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["taskset", "-c", str(core), sys.executable, "-m", "nernfast.train", *shape.args()]
+    pin = ["taskset", "-c", str(core)] if shutil.which("taskset") else []
+    cmd = pin + [sys.executable, "-m", "nernfast.train", *shape.args()]
     print(f"{shape.name}: python -m nernfast.train {' '.join(shape.args())}", flush=True)
     with open(RUNS / f"{shape.name}.log", "w") as log:
         code = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log,
@@ -73,9 +78,7 @@ def train(shape: Shape, core: int) -> None:
     res["shape"] = {"name": shape.name, "hidden": shape.hidden, "levels": shape.levels,
                     "num_blocks": shape.num_blocks, "command": "python -m nernfast.train " + " ".join(shape.args())}
     RAW.mkdir(parents=True, exist_ok=True)
-    tmp = RAW / f"{shape.name}.json.tmp"
-    tmp.write_text(json.dumps(res, indent=1, default=float))
-    os.replace(tmp, RAW / f"{shape.name}.json")
+    write_text_atomic(RAW / f"{shape.name}.json", json.dumps(res, indent=1, default=float))
 
 
 def table() -> str:
@@ -103,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     if not a.table:
         todo = [s for s in SHAPES if not a.only or s.name in a.only]
         cores = [int(os.environ.get("NERNFAST_EXPERIMENT_CORE", "0"))] if a.jobs == 1 else [0, 1]
-        with ThreadPoolExecutor(len(cores)) as pool:  # each worker takes the next shape on its own core
-            lanes = [todo[i::len(cores)] for i in range(len(cores))]
-            list(pool.map(lambda lane_core: [train(s, lane_core[1]) for s in lane_core[0]], zip(lanes, cores)))
+        def lane(i: int) -> None:  # every len(cores)-th shape, one after the other, on core cores[i]
+            for shape in todo[i::len(cores)]:
+                train(shape, cores[i])
+        with ThreadPoolExecutor(len(cores)) as pool:
+            list(pool.map(lane, range(len(cores))))
     print(table())
     return 0
 
