@@ -266,6 +266,14 @@ def plan() -> list[Run]:
     runs += [Run(f"shipped-teacher_decoupled-l16-h160-s{s}", "teacher_decoupled", s, hidden=160, extra=shape)
              for s in range(3)]
     runs += [Run(f"shipped-decoupled-l16-h160-s{s}", "decoupled", s, hidden=160, extra=shape) for s in range(3)]
+    # session 23: the other recipes with that shape, before it becomes the default (hidden 302: CR 1.14 with 16
+    # levels, the 280 of 40 levels within 0.2 %); recon_only at CR > 1 as at 40 levels (half the steps)
+    own_bn += [Run(f"shipped-{r}-l16-h160-s0", r, hidden=160, extra=shape)
+               for r in ("baseline", "recon_only", "noise_decoupled")]
+    own_bn += [Run("shipped-recon_only-l16-h302-s0", "recon_only", hidden=302, extra=shape + ("phase1.steps=40000",)),
+               Run("shipped-progressive-l16-h302-s0", "progressive", hidden=302, extra=shape)]
+    own_bn += [Run(f"shipped-{r}-l16-h160-s{s}", r, s, hidden=160, extra=shape)
+               for s in (1, 2) for r in ("baseline", "recon_only")]
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
                   "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
