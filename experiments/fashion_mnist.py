@@ -14,7 +14,9 @@ on the other core slows a run by ~10-30 %, which its wall time includes). Output
 paired intervals), which is all the renderer reads. A run whose raw file exists is not repeated; one whose run directory
 already holds results.json (its launcher stopped) is collected, not repeated; one on an original this machine cannot
 make (``unrepeatable``) is skipped with a line saying why. A raw file's command is its plan entry's as it runs today:
-when a default changes, the earlier runs are renamed to a variant and their commands spell out the earlier settings.
+when a default changes, the earlier runs are renamed to a variant and their commands spell out the earlier settings
+(since session 23, every run with the predictor's former 40 encoding levels ends in variant ``l40`` before its seed,
+unless its name already says it ran an earlier recipe).
 
 Six originals: ``shipped``, the ResNet-20 that ships with nernfast (nernfast/pretrained; what
 ``--config fashion_mnist.yaml`` uses on every machine); ``pretrain``, the one the earlier runs used,
@@ -41,6 +43,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from fashion_mnist_render import EARLIER
 from nernfast.numerics import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +64,9 @@ OLD_PHASE1 = ("phase1.l2_scale_every=0", "phase1.select=val_acc")
 # decoupled and teacher_decoupled before phase 2 re-estimated the BN statistics (nernfast.bn_stats), at lr 1e-4 and
 # with the fixed statistics of that time (docs/fashion-mnist-tuning.md, R1-R2): variant no-bn-recal
 NO_BN_RECAL_BEFORE = OLD_PHASE1 + ("phase2.bn_recalibration=0", "phase2.lr=1e-4", "phase2.bn_batch_stats=false")
+# the predictor's encoding before session 23: the paper's 40 levels (nernfast.config.NeRNConfig's default; since,
+# fashion_mnist.yaml sets 16)
+FORTY_LEVELS = ("nern.levels=40",)
 
 
 @dataclass(frozen=True)
@@ -260,31 +266,36 @@ def plan() -> list[Run]:
     own_bn += [Run(f"shipped-{r}-s1", r, 1) for r in ("baseline", "recon_only")]
     # session 22: a third seed of each (two seeds put baseline - recon_only at -0.06 pt, t-interval [-1.71, +1.59])
     own_bn += [Run(f"shipped-{r}-s2", r, 2) for r in ("baseline", "recon_only")]
-    # the predictor's shape at the same size (experiments/predictor_shape.py): 16 encoding levels (not 40, most of
-    # whose features are nearly affine in a coordinate below 64) and hidden 160 fit phase 1 to L2 0.0131 (0.0163)
-    shape = ("nern.levels=16",)
-    runs += [Run(f"shipped-teacher_decoupled-l16-h160-s{s}", "teacher_decoupled", s, hidden=160, extra=shape)
-             for s in range(3)]
-    runs += [Run(f"shipped-decoupled-l16-h160-s{s}", "decoupled", s, hidden=160, extra=shape) for s in range(3)]
-    # session 23: the other recipes with that shape, before it becomes the default (hidden 302: CR 1.14 with 16
-    # levels, the 280 of 40 levels within 0.2 %); recon_only at CR > 1 as at 40 levels (half the steps)
-    own_bn += [Run(f"shipped-{r}-l16-h160-s0", r, hidden=160, extra=shape)
-               for r in ("baseline", "recon_only", "noise_decoupled")]
-    own_bn += [Run("shipped-recon_only-l16-h302-s0", "recon_only", hidden=302, extra=shape + ("phase1.steps=40000",)),
-               Run("shipped-progressive-l16-h302-s0", "progressive", hidden=302, extra=shape)]
-    own_bn += [Run(f"shipped-{r}-l16-h160-s{s}", r, s, hidden=160, extra=shape)
-               for s in (1, 2) for r in ("baseline", "recon_only")]
     current = ({f"shipped-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"shipped-teacher_decoupled-lr3e-5-s0", "plain-epyc-decoupled-s0", "plain-epyc-decoupled-4k-s0",
                   "plain-epyc-teacher_decoupled-s0", "shipped-teacher_decoupled-fmd0-s0"}
                | {f"plain-adamw-{r}-s{s}" for r in ("decoupled", "teacher_decoupled") for s in range(3)}
                | {"plain-adamw-3ep-decoupled-s0"}
-               | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200", "h200-ens2", "l16-h160") for s in range(3)}
-               | {f"shipped-decoupled-l16-h160-s{s}" for s in range(3)})
+               | {f"shipped-teacher_decoupled-{v}-s{s}" for v in ("3k", "h200", "h200-ens2") for s in range(3)})
     runs = _earlier() + [r if r.recipe not in ("decoupled", "teacher_decoupled") or r.name in current
                          else _fixed_bn(r) for r in runs]
     runs = [_inherited_bn(r) if r.recipe in ("baseline", "recon_only") else r for r in runs] + end_bn
-    return [_scored_once(r) if _scored_with_own_bn(r) else r for r in runs] + own_bn
+    runs = [_scored_once(r) if _scored_with_own_bn(r) else r for r in runs] + own_bn
+    # session 23: the predictor is shaped for coordinates below 64 (experiments/predictor_shape.py: 16 encoding levels,
+    # not the paper's 40, most of whose features are nearly affine there; hidden 160 keeps the size): every run above
+    # had 40 levels (_forty_levels). decoupled and teacher_decoupled first ran with this shape in session 22
+    today = [Run(f"shipped-{r}-s{s}", r, s) for r in ("teacher_decoupled", "decoupled") for s in range(3)]
+    today += [Run(f"shipped-{r}-s0", r) for r in ("baseline", "recon_only", "noise_decoupled")]
+    # CR > 1 (hidden 302 with 16 levels): recon_only with half its steps (a step costs ~2.5x one at CR 0.35)
+    today += [Run("shipped-recon_only-h302-s0", "recon_only", hidden=302, extra=("phase1.steps=40000",)),
+              Run("shipped-progressive-s0", "progressive")]
+    today += [Run(f"shipped-{r}-s{s}", r, s) for s in (1, 2) for r in ("baseline", "recon_only")]
+    return [_forty_levels(r) for r in runs] + today
+
+
+def _forty_levels(run: Run) -> Run:
+    """A run from before session 23, whose predictor had 40 encoding levels and hidden 140 (progressive's 280): its
+    command spells them out, and its name gains variant ``l40`` unless it already names an earlier recipe."""
+    hidden = run.hidden or (280 if run.recipe == "progressive" else 140)
+    stem, seed = run.name.rsplit("-s", 1)
+    if not stem.endswith(tuple(f"-{e}" for e in EARLIER.get(run.recipe, ()))):
+        stem += "-l40"
+    return replace(run, name=f"{stem}-s{seed}", hidden=hidden, extra=run.extra + FORTY_LEVELS)
 
 
 def _scored_with_own_bn(run: Run) -> bool:

@@ -172,10 +172,12 @@ def _find(groups, o, recipe, cr=0.35, variant=""):
 
 
 # A recipe as it was before its defaults changed, newest first: the variant its earlier runs were renamed to
-EARLIER = {"decoupled": ("fixed-bn", "no-bn-recal"),             # before sessions 15 and 7
-           "teacher_decoupled": ("fixed-bn", "no-bn-recal"),     # before sessions 14 and 7
-           "baseline": ("sel-inherited-bn", "inherited-bn"),   # before sessions 20 and 19
-           "recon_only": ("sel-inherited-bn", "inherited-bn")}
+# (l40: the predictor's 40 encoding levels, every recipe's before session 23)
+EARLIER = {"decoupled": ("l40", "fixed-bn", "no-bn-recal"),             # before sessions 23, 15 and 7
+           "teacher_decoupled": ("l40", "fixed-bn", "no-bn-recal"),     # before sessions 23, 14 and 7
+           "baseline": ("l40", "sel-inherited-bn", "inherited-bn"),     # before sessions 23, 20 and 19
+           "recon_only": ("l40", "sel-inherited-bn", "inherited-bn"),
+           "noise_decoupled": ("l40",)}
 
 
 def _age(recipe: str, variant: str) -> int:
@@ -205,9 +207,9 @@ def targets(groups, orig_acc) -> list[str]:
     out = []
     for o in ORIGINALS:
         # an original last run before a default changed is judged with the recipe of its time (its variant named)
-        (dec, dec_name), (base, base_name), (rec, rec_name), (tea, tea_name) = (
-            _find_or_earlier(groups, o, r) for r in ("decoupled", "baseline", "recon_only", "teacher_decoupled"))
-        noise = _find(groups, o, "noise_decoupled")
+        (dec, dec_name), (base, base_name), (rec, rec_name), (tea, tea_name), (noise, noise_name) = (
+            _find_or_earlier(groups, o, r)
+            for r in ("decoupled", "baseline", "recon_only", "teacher_decoupled", "noise_decoupled"))
         big = sorted(((_age("recon_only", v), v, runs) for (go, gr, cr, v), runs in groups.items()
                       if go == o and gr == "recon_only" and cr > 1), key=lambda avr: avr[:2])  # today's recipe first
         big_name = "recon_only" + (f" ({EARLIER['recon_only'][big[0][0] - 1]})" if big and big[0][0] else "")
@@ -223,16 +225,17 @@ def targets(groups, orig_acc) -> list[str]:
                   (f"{dec_name} > {base_name}, interval excluding 0", dec, base, lambda m, lo: lo > 0),
                   (f"{base_name} > {rec_name}", base, rec, lambda m, lo: m > 0),
                   (f"{tea_name} ≥ original", tea, ORIGINAL, lambda m, lo: m >= 0),
-                  ("teacher_decoupled with the stronger teacher (resnet20x2+flip) ≥ original",
-                   _find(groups, o, "teacher_decoupled", variant="ens2"), ORIGINAL, lambda m, lo: m >= 0),
-                  ("teacher_decoupled with phase 2's weight average (phase2.ema_decay) ≥ original",
-                   _find(groups, o, "teacher_decoupled", variant="ema"), ORIGINAL, lambda m, lo: m >= 0),
-                  # the predictor of the same size with 16 encoding levels and hidden 160 (experiments/predictor_shape.py)
-                  ("teacher_decoupled with the 16-level predictor (hidden 160) ≥ original",
-                   _find(groups, o, "teacher_decoupled", variant="l16-h160"), ORIGINAL, lambda m, lo: m >= 0),
-                  ("decoupled with the 16-level predictor (hidden 160) at CR 0.35 ≥ original − 0.5 pt",
-                   _find(groups, o, "decoupled", variant="l16-h160"), ORIGINAL, lambda m, lo: m >= -0.005),
-                  (f"noise_decoupled − {dec_name} (reported)", noise, dec, None)]
+                  ("teacher_decoupled (l40) with the stronger teacher (resnet20x2+flip) ≥ original",
+                   _find(groups, o, "teacher_decoupled", variant="ens2-l40"), ORIGINAL, lambda m, lo: m >= 0),
+                  ("teacher_decoupled (l40) with phase 2's weight average (phase2.ema_decay) ≥ original",
+                   _find(groups, o, "teacher_decoupled", variant="ema-l40"), ORIGINAL, lambda m, lo: m >= 0),
+                  # what the predictor's shape gave (16 encoding levels and hidden 160 against 40 and 140, same size)
+                  (f"{dec_name} − decoupled (l40): the 16-level predictor's gain (reported)", dec if dec_name ==
+                   "decoupled" else None, _find(groups, o, "decoupled", variant="l40"), None),
+                  (f"{tea_name} − teacher_decoupled (l40): the 16-level predictor's gain (reported)", tea if
+                   tea_name == "teacher_decoupled" else None, _find(groups, o, "teacher_decoupled", variant="l40"),
+                   None),
+                  (f"{noise_name} − {dec_name} (reported)", noise, dec, None)]
         if big:
             checks.append((f"{big_name} at CR {big[0]['sizes']['compression_ratio']:.2f} ≥ original − 0.1 pt", big,
                            ORIGINAL, lambda m, lo: m >= -0.001))
@@ -290,7 +293,7 @@ def progressive_rounds(groups) -> list[str]:
 
 def precision_check(groups) -> list[str]:
     """bf16 (the auto default on this CPU) against float32: the same recipe and seed."""
-    fp32 = _find(groups, "pretrain", "decoupled", variant="float32")
+    fp32 = _find(groups, "pretrain", "decoupled", variant="float32-l40")
     auto = _find(groups, "pretrain", "decoupled", variant="no-bn-recal")  # the float32 run's settings
     if not fp32 or not auto:
         return []

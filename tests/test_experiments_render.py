@@ -211,7 +211,7 @@ def test_digits_table_says_which_rows_ran_with_other_thread_counts(experiments):
 def test_targets_judge_todays_recipe_first_and_name_an_earlier_one(experiments):
     """A target reads the recipe's default runs; an original without them is judged with the recipe of its time,
     whose variant the line names (recon_only and baseline before bn_recalibration_end: inherited-bn; before
-    bn_score_every_eval: sel-inherited-bn)."""
+    bn_score_every_eval: sel-inherited-bn; before 16 encoding levels: l40)."""
     from fashion_mnist_render import targets
 
     def run(correct: int, cr: float = 0.35) -> dict:
@@ -233,6 +233,21 @@ def test_targets_judge_todays_recipe_first_and_name_an_earlier_one(experiments):
     text = "\n".join(targets(groups, {"shipped": 1.0}))
     assert "- recon_only (sel-inherited-bn) at CR 1.14 ≥ original − 0.1 pt: **missed** (-2.00" in text
     assert "- decoupled > baseline (sel-inherited-bn), interval excluding 0: **missed** (+2.00" in text
+    # since session 23 the predictor has 16 encoding levels: the 40-level runs are the newest earlier recipe (l40)
+    groups = {("shipped", "recon_only", 1.14, "h280-l40"): [run(100, 1.14)],
+              ("shipped", "recon_only", 1.14, "h280-sel-inherited-bn"): [run(98, 1.14)],
+              ("shipped", "decoupled", 0.35, "l40"): [run(99)], ("shipped", "baseline", 0.35, "l40"): [run(95)],
+              ("shipped", "baseline", 0.35, "sel-inherited-bn"): [run(97)]}
+    text = "\n".join(targets(groups, {"shipped": 1.0}))
+    assert "- recon_only (l40) at CR 1.14 ≥ original − 0.1 pt: **met** (+0.00" in text
+    assert "- decoupled (l40) > baseline (l40), interval excluding 0: **met**" in text
+    assert "gain" not in text  # no run of today's shape to compare
+    groups[("shipped", "recon_only", 1.14, "h302")] = [run(97, 1.14)]
+    groups[("shipped", "decoupled", 0.35, "")] = [run(100)]
+    text = "\n".join(targets(groups, {"shipped": 1.0}))
+    assert "- recon_only at CR 1.14 ≥ original − 0.1 pt: **missed** (-3.00" in text
+    assert "- decoupled > baseline (l40), interval excluding 0: **met**" in text
+    assert "- decoupled − decoupled (l40): the 16-level predictor's gain (reported): (+1.00" in text
 
 
 def test_predictor_shapes_spend_the_default_predictors_budget(experiments):
