@@ -67,6 +67,7 @@ NO_BN_RECAL_BEFORE = OLD_PHASE1 + ("phase2.bn_recalibration=0", "phase2.lr=1e-4"
 # the predictor's encoding before session 23: the paper's 40 levels (nernfast.config.NeRNConfig's default; since,
 # fashion_mnist.yaml sets 16)
 FORTY_LEVELS = ("nern.levels=40",)
+FORTY_LEVELS_HIDDEN = {"progressive": 280}  # fashion_mnist.yaml's hidden sizes then (140 for every other recipe)
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,7 @@ def plan() -> list[Run]:
 def _forty_levels(run: Run) -> Run:
     """A run from before session 23, whose predictor had 40 encoding levels and hidden 140 (progressive's 280): its
     command spells them out, and its name gains variant ``l40`` unless it already names an earlier recipe."""
-    hidden = run.hidden or (280 if run.recipe == "progressive" else 140)
+    hidden = run.hidden or FORTY_LEVELS_HIDDEN.get(run.recipe, 140)
     stem, seed = run.name.rsplit("-s", 1)
     if not stem.endswith(tuple(f"-{e}" for e in EARLIER.get(run.recipe, ()))):
         stem += "-l40"
