@@ -286,6 +286,12 @@ def plan() -> list[Run]:
     today += [Run("shipped-recon_only-h302-s0", "recon_only", hidden=302, extra=("phase1.steps=40000",)),
               Run("shipped-progressive-s0", "progressive")]
     today += [Run(f"shipped-{r}-s{s}", r, s) for s in (1, 2) for r in ("baseline", "recon_only")]
+    # session 24: recon_only at CR 1.15 inside the 30-minute budget (40 000 steps took 40 min beside a neighbour), and
+    # the plain-adamw original (a user's own checkpoint) with the 16-level default
+    today += [Run("shipped-recon_only-h302-30k-s0", "recon_only", hidden=302, extra=("phase1.steps=30000",))]
+    today += [Run(f"plain-adamw-{r}-s{s}", r, s, original="plain-adamw")
+              for s in range(3) for r in ("decoupled", "teacher_decoupled")]
+    today += [Run(f"plain-adamw-{r}-s0", r, original="plain-adamw") for r in ("baseline", "recon_only")]
     return [_forty_levels(r) for r in runs] + today
 
 
