@@ -248,6 +248,11 @@ def test_targets_judge_todays_recipe_first_and_name_an_earlier_one(experiments):
     assert "- recon_only at CR 1.14 ≥ original − 0.1 pt: **missed** (-3.00" in text
     assert "- decoupled > baseline (l40), interval excluding 0: **met**" in text
     assert "- decoupled − decoupled (l40): the 16-level predictor's gain (reported): (+1.00" in text
+    # two lengths of today's recipe at CR > 1: each judged, named with its training time (the budget is 30 min)
+    groups[("shipped", "recon_only", 1.14, "h302-30k")] = [{**run(100, 1.14), "stages": [{"wall_s": 1800.0}]}]
+    text = "\n".join(targets(groups, {"shipped": 1.0}))
+    assert "- recon_only (h302, 0 min training) at CR 1.14 ≥ original − 0.1 pt: **missed** (-3.00" in text
+    assert "- recon_only (h302-30k, 30 min training) at CR 1.14 ≥ original − 0.1 pt: **met** (+0.00" in text
 
 
 def test_predictor_shapes_spend_the_default_predictors_budget(experiments):
