@@ -69,14 +69,28 @@ def train_seconds(res: dict) -> float:
     return sum(s.get("wall_s") or 0.0 for s in res["stages"])
 
 
+def machine_note(res: dict) -> str:
+    """", on CPU (capability, precision)" for a run whose machine could not use bf16 natively (its wall times are
+    not comparable with the others': float32 on AVX2 runs a reconstruction step ~2.7x slower), else ""."""
+    e = res.get("environment", {})
+    if e.get("native_bf16", True):
+        return ""
+    return f", on an {e.get('cpu', '?')} with {e.get('cpu_capability', '?')}, {e.get('precision', '?')}"
+
+
 def machines(raw: dict) -> str:
-    """Each machine the runs ran on, with the originals of its runs."""
-    by: dict[str, set] = defaultdict(set)
+    """Each machine the runs ran on, with the originals of its runs (the runs themselves where they are few)."""
+    by: dict[str, list] = defaultdict(list)
     for r in raw.values():
         e = r.get("environment", {})
         by[f"{e.get('cpu', '?')} (CPU capability {e.get('cpu_capability', '?')}, native bf16: "
-           f"{e.get('native_bf16', '?')}), torch {e.get('torch', '?')}"].add(r["run"]["original"])
-    return "; ".join(f"{m} for the {', '.join(sorted(o, key=ORIGINALS.index))} runs" for m, o in by.items())
+           f"{e.get('native_bf16', '?')}), torch {e.get('torch', '?')}"].append(r["run"])
+
+    def which(runs: list) -> str:
+        if len(runs) <= 3:
+            return ", ".join(f"`{r['name']}`" for r in sorted(runs, key=lambda r: r["name"]))
+        return f"the {', '.join(sorted({r['original'] for r in runs}, key=ORIGINALS.index))} runs"
+    return "; ".join(f"{m} for {which(runs)}" for m, runs in by.items())
 
 
 def stage(res: dict, prefix: str) -> dict | None:
@@ -239,7 +253,8 @@ def targets(groups, orig_acc) -> list[str]:
                   (f"{noise_name} − {dec_name} (reported)", noise, dec, None)]
         for variant, runs in big:
             name = big_name if len(big) == 1 else (
-                f"{big_name} ({variant}, {sum(map(train_seconds, runs)) / len(runs) / 60:.0f} min training)")
+                f"{big_name} ({variant}, {sum(map(train_seconds, runs)) / len(runs) / 60:.0f} min training"
+                f"{machine_note(runs[0])})")
             checks.append((f"{name} at CR {runs[0]['sizes']['compression_ratio']:.2f} ≥ original − 0.1 pt", runs,
                            ORIGINAL, lambda m, lo: m >= -0.001))
         for label, runs, against, rule in checks:

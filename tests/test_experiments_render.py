@@ -253,6 +253,25 @@ def test_targets_judge_todays_recipe_first_and_name_an_earlier_one(experiments):
     text = "\n".join(targets(groups, {"shipped": 1.0}))
     assert "- recon_only (h302, 0 min training) at CR 1.14 ≥ original − 0.1 pt: **missed** (-3.00" in text
     assert "- recon_only (h302-30k, 30 min training) at CR 1.14 ≥ original − 0.1 pt: **met** (+0.00" in text
+    # a run on a machine without native bf16 (float32 there, slower) says so beside its time
+    avx2 = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "native_bf16": False, "precision": "float32"}
+    groups[("shipped", "recon_only", 1.14, "h302-20k")] = [{**run(100, 1.14), "stages": [{"wall_s": 3600.0}],
+                                                            "environment": avx2}]
+    text = "\n".join(targets(groups, {"shipped": 1.0}))
+    assert ("- recon_only (h302-20k, 60 min training, on an AMD EPYC with AVX2, float32) at CR 1.14 ≥ original "
+            "− 0.1 pt: **met**") in text
+
+
+def test_machines_line_names_the_runs_of_a_machine_that_ran_few(experiments):
+    from fashion_mnist_render import machines
+    env = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "native_bf16": True, "torch": "2.14.1"}
+    raw = {f"shipped-decoupled-s{s}": {"environment": env, "run": {"name": f"shipped-decoupled-s{s}",
+                                                                    "original": "shipped"}} for s in range(4)}
+    raw["shipped-recon_only-s0"] = {"environment": {**env, "cpu_capability": "AVX2", "native_bf16": False},
+                                    "run": {"name": "shipped-recon_only-s0", "original": "shipped"}}
+    line = machines(raw)
+    assert "native bf16: True), torch 2.14.1 for the shipped runs" in line
+    assert "native bf16: False), torch 2.14.1 for `shipped-recon_only-s0`" in line
 
 
 def test_predictor_shapes_spend_the_default_predictors_budget(experiments):
