@@ -72,14 +72,18 @@ class Spy:
 
 @pytest.mark.parametrize("extra", [[], ["phase2.bn_batch_stats=false"]], ids=["default", "fixed-statistics"])
 def test_decoupled_phase2_learns_and_keeps_val_acc(nets, tmp_path, extra):
-    cfg = tiny_cfg("decoupled", nets, tmp_path, ["phase2.steps=15", "phase2.eval_every=5", "phase2.lr=1e-3", *extra])
+    # 60 steps: the tiny original sits near chance, where 15 steps of batch statistics moved the validation loss by
+    # less than the statistics' own noise (float32 on an AVX2-only CPU: 3.003 -> 3.028; 60 steps: -> 2.634)
+    cfg = tiny_cfg("decoupled", nets, tmp_path, ["phase2.steps=60", "phase2.eval_every=20", "phase2.lr=1e-3", *extra])
     res = train_cli.run(cfg, progress=False)
-    p1, p2 = res["stages"]
-    assert p2["val_acc"] >= p1["val_acc"]  # selection keeps phase 2's start as a candidate
+    p2 = res["stages"][1]
+    evals = [h for h in p2["history"] if "val_loss" in h]
+    # selection keeps phase 2's start (the network with re-estimated BN statistics, step 0) as a candidate; the
+    # re-estimation itself may lower a near-chance network's accuracy below phase 1's (9.0 -> 6.9 % there)
+    assert evals[0]["step"] == 0 and p2["val_acc"] >= evals[0]["val_acc"]
     # measured on the whole validation split (the logged KD is one training batch's: with batch statistics it
     # moves with each batch's statistics as well)
-    val_loss = [h["val_loss"] for h in p2["history"] if "val_loss" in h]
-    assert val_loss[-1] < val_loss[0]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
 
 
 def test_decoupled_recon_weight_is_the_configured_one(nets, tmp_path, monkeypatch):
