@@ -70,8 +70,8 @@ def train_seconds(res: dict) -> float:
 
 
 def machine_note(res: dict) -> str:
-    """", on CPU (capability, precision)" for a run whose machine could not use bf16 natively (its wall times are
-    not comparable with the others': float32 on AVX2 runs a reconstruction step ~2.7x slower), else ""."""
+    """The words ", on an CPU with CAPABILITY, PRECISION" for a run whose machine had no native bf16 (its wall times
+    are not comparable with the others': float32 on AVX2 runs a reconstruction step ~2.7x slower), else ""."""
     e = res.get("environment", {})
     if e.get("native_bf16", True):
         return ""
